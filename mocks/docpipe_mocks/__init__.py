@@ -1,0 +1,1 @@
+"""docpipe mocks: LlamaParse- and OpenAI-compatible servers with fault injection."""

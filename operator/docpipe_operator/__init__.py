@@ -1,0 +1,1 @@
+"""docpipe operator: the control plane for DocumentPipeline resources."""

@@ -1,0 +1,1 @@
+"""docpipe worker: the data plane (queue, pipeline, clients, metrics, intake API)."""

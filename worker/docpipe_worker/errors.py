@@ -1,0 +1,22 @@
+"""How a failing step tells the queue what to do next: retry later, or give up now."""
+
+from __future__ import annotations
+
+
+class JobError(Exception):
+    """A failure of one job's processing, with a message a person can act on."""
+
+
+class TransientError(JobError):
+    """The step may succeed later (timeout, 5xx, 429): the job goes back to the queue with backoff.
+
+    `retry_after` (seconds), when the failing service said how long to wait, is a floor on the delay.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(JobError):
+    """Retrying cannot help (4xx, unreadable file, empty document): the job goes dead at once."""
