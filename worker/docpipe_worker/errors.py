@@ -10,7 +10,8 @@ class JobError(Exception):
 class TransientError(JobError):
     """The step may succeed later (timeout, 5xx, 429): the job goes back to the queue with backoff.
 
-    `retry_after` (seconds), when the failing service said how long to wait, is a floor on the delay.
+    `retry_after` (seconds), when the failing service said how long to wait, is a floor on the
+    delay.
     """
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:

@@ -32,7 +32,9 @@ STAGE_SECONDS = Histogram(
 )
 
 QUEUE_READY = Gauge(
-    "docpipe_queue_ready_jobs", "Jobs of the pipeline ready to run now (all workers).", ("pipeline",)
+    "docpipe_queue_ready_jobs",
+    "Jobs of the pipeline ready to run now (all workers).",
+    ("pipeline",),
 )
 QUEUE_OLDEST_READY_AGE = Gauge(
     "docpipe_queue_oldest_ready_age_seconds",

@@ -1,0 +1,288 @@
+"""The consumer loop against real Postgres: exactly-once completion under concurrency, crashes,
+heartbeats, retries, cancellation, NOTIFY wake-ups and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from docpipe_worker import queue
+from docpipe_worker.consumer import Consumer, ConsumerConfig
+from docpipe_worker.database import create_pool
+from docpipe_worker.errors import PermanentError, TransientError
+from docpipe_worker.queue import ClaimedJob, NewJob
+from docpipe_worker.retry import RetryPolicy
+
+
+@asynccontextmanager
+async def running(consumer: Consumer) -> AsyncIterator[Consumer]:
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        await consumer.drain(grace_s=5)
+        await task
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.02)
+
+
+def all_finished(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        left = await pool.fetchval(
+            "select count(*) from docpipe.jobs where status in ('queued', 'running')"
+        )
+        return bool(left == 0)
+
+    return check
+
+
+def config(**overrides: object) -> ConsumerConfig:
+    base: dict[str, object] = {
+        "pipeline": "p",
+        "concurrency": 8,
+        "batch_size": 8,
+        "lease_s": 5.0,
+        "heartbeat_s": 1.0,
+        "poll_interval_s": 0.2,
+        "rescue_interval_s": 0.5,
+    }
+    base.update(overrides)
+    return ConsumerConfig(**base)  # type: ignore[arg-type]
+
+
+async def test_four_consumers_complete_5000_jobs_exactly_once(database_url: str) -> None:
+    runs: collections.Counter[int] = collections.Counter()
+
+    async def handler(job: ClaimedJob) -> None:
+        runs[job.id] += 1
+        await asyncio.sleep(0)
+
+    pools = [await create_pool(database_url, min_size=2, max_size=4) for _ in range(4)]
+    try:
+        ids = await queue.enqueue(pools[0], [NewJob(pipeline="p") for _ in range(5000)])
+        consumers = [
+            Consumer(p, handler, config(concurrency=50, batch_size=50, worker_id=f"w{i}"))
+            for i, p in enumerate(pools)
+        ]
+        tasks = [asyncio.create_task(c.run()) for c in consumers]
+        await wait_until(all_finished(pools[0]), timeout_s=60)
+        for c in consumers:
+            await c.drain(grace_s=5)
+        await asyncio.gather(*tasks)
+        assert sorted(runs) == sorted(ids)
+        assert set(runs.values()) == {1}
+        rows = await pools[0].fetch("select status, count(*) from docpipe.jobs group by status")
+        assert {r[0]: r[1] for r in rows} == {"succeeded": 5000}
+        workers = await pools[0].fetch("select distinct worker from docpipe.jobs")
+        assert len(workers) == 4, "every consumer took a share"
+    finally:
+        for p in pools:
+            await p.close()
+
+
+async def test_jobs_of_a_sigkilled_consumer_come_back_and_complete_once(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    await pool.execute("create table test_runs (job_id bigint, worker text)")
+    ids = await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(60)])
+    script = Path(__file__).with_name("consumer_process.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), database_url, "victim", "30", env=env
+    )
+    try:
+
+        async def victim_is_mid_batch() -> bool:
+            n = await pool.fetchval("select count(*) from test_runs where worker = 'victim'")
+            return bool(n >= 20)
+
+        await wait_until(victim_is_mid_batch, timeout_s=30)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+    stranded = {
+        r[0] for r in await pool.fetch("select job_id from test_runs where worker = 'victim'")
+    }
+    completed: collections.Counter[int] = collections.Counter()
+
+    async def handler(job: ClaimedJob) -> None:
+        completed[job.id] += 1
+
+    async with running(Consumer(pool, handler, config(rescue_interval_s=0.2))):
+        await wait_until(all_finished(pool), timeout_s=30)
+    assert set(completed) == set(ids)
+    assert set(completed.values()) == {1}
+    assert stranded <= set(completed)
+    rows = await pool.fetch("select status, count(*) from docpipe.jobs group by status")
+    assert {r[0]: r[1] for r in rows} == {"succeeded": 60}
+    retried = await pool.fetchval(
+        "select count(*) from docpipe.jobs where id = any($1) and attempts = 2", list(stranded)
+    )
+    assert retried == len(stranded)
+
+
+async def test_heartbeat_keeps_a_long_job_from_being_rescued(pool: asyncpg.Pool) -> None:
+    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p")])
+    starts: list[int] = []
+
+    async def slow(job: ClaimedJob) -> None:
+        starts.append(job.attempt)
+        await asyncio.sleep(2.0)
+
+    cfg = config(lease_s=0.6, heartbeat_s=0.15, rescue_interval_s=0.1)
+    async with running(Consumer(pool, slow, cfg)):
+        await wait_until(all_finished(pool), timeout_s=10)
+    assert starts == [1]
+    row = await queue.get(pool, job_id)
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("succeeded", 1)
+
+
+async def test_transient_error_retries_after_the_services_retry_after(pool: asyncpg.Pool) -> None:
+    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p")])
+    seen: list[float] = []
+
+    async def flaky(job: ClaimedJob) -> None:
+        seen.append(time.monotonic())
+        if job.attempt == 1:
+            raise TransientError("429 from openai", retry_after=0.5)
+
+    policy = RetryPolicy(base_s=0.01, cap_s=0.02)
+    async with running(Consumer(pool, flaky, config(retry_policy=policy))):
+        await wait_until(all_finished(pool), timeout_s=10)
+    assert len(seen) == 2
+    assert seen[1] - seen[0] >= 0.45
+    row = await queue.get(pool, job_id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["last_error"]) == (
+        "succeeded",
+        2,
+        "429 from openai",
+    )
+
+
+async def test_permanent_error_goes_dead_with_its_message(pool: asyncpg.Pool) -> None:
+    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p", max_attempts=5)])
+    calls = 0
+
+    async def broken(job: ClaimedJob) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("report.xyz: unsupported content type")
+
+    async with running(Consumer(pool, broken, config())):
+        await wait_until(all_finished(pool), timeout_s=10)
+    row = await queue.get(pool, job_id)
+    assert row is not None
+    assert (row["status"], row["last_error"], calls) == (
+        "dead",
+        "report.xyz: unsupported content type",
+        1,
+    )
+
+
+async def test_crashing_handler_is_retried_until_dead(pool: asyncpg.Pool) -> None:
+    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p", max_attempts=3)])
+
+    async def crashes(job: ClaimedJob) -> None:
+        raise KeyError("missing")
+
+    policy = RetryPolicy(base_s=0.01, cap_s=0.02)
+    async with running(Consumer(pool, crashes, config(retry_policy=policy))):
+        await wait_until(all_finished(pool), timeout_s=10)
+    row = await queue.get(pool, job_id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["last_error"]) == ("dead", 3, "KeyError: 'missing'")
+
+
+async def test_cancelling_a_running_job_stops_its_handler(pool: asyncpg.Pool) -> None:
+    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p")])
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def long(job: ClaimedJob) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.set()
+
+    async with running(Consumer(pool, long, config(heartbeat_s=0.1))):
+        await asyncio.wait_for(started.wait(), 5)
+        assert await queue.cancel(pool, job_id)
+        await asyncio.wait_for(stopped.wait(), 2)
+    row = await queue.get(pool, job_id)
+    assert row is not None
+    assert row["status"] == "cancelled"
+
+
+async def test_notify_wakes_an_idle_consumer_well_before_its_poll(pool: asyncpg.Pool) -> None:
+    picked: asyncio.Queue[float] = asyncio.Queue()
+
+    async def handler(job: ClaimedJob) -> None:
+        picked.put_nowait(time.monotonic())
+
+    async with running(Consumer(pool, handler, config(poll_interval_s=10.0))):
+        await asyncio.sleep(0.5)  # let it find the queue empty and go to sleep
+        latencies = []
+        for _ in range(5):
+            sent = time.monotonic()
+            await queue.enqueue(pool, [NewJob(pipeline="p")])
+            latencies.append(await asyncio.wait_for(picked.get(), 5) - sent)
+            await asyncio.sleep(0.2)
+    assert max(latencies) < 0.1, latencies
+
+
+async def test_drain_finishes_short_jobs_and_releases_long_ones_at_once(
+    pool: asyncpg.Pool,
+) -> None:
+    await queue.enqueue(pool, [NewJob(pipeline="p", payload={"s": s}) for s in (0.1, 0.1, 30)])
+    started = 0
+
+    async def handler(job: ClaimedJob) -> None:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(job.payload["s"])
+
+    consumer = Consumer(pool, handler, config())
+    task = asyncio.create_task(consumer.run())
+    await wait_until(lambda: asyncio.sleep(0, started == 3), timeout_s=5)
+    t0 = time.monotonic()
+    await consumer.drain(grace_s=0.5)
+    await task
+    assert time.monotonic() - t0 < 2
+    rows = await pool.fetch("select status, attempts from docpipe.jobs order by id")
+    assert [(r[0], r[1]) for r in rows] == [("succeeded", 1), ("succeeded", 1), ("queued", 0)]
+
+
+async def test_claim_never_exceeds_concurrency(pool: asyncpg.Pool) -> None:
+    await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(40)])
+    peak = 0
+    current = 0
+
+    async def handler(job: ClaimedJob) -> None:
+        nonlocal peak, current
+        current += 1
+        peak = max(peak, current)
+        await asyncio.sleep(0.02)
+        current -= 1
+
+    consumer = Consumer(pool, handler, config(concurrency=3, batch_size=10))
+    async with running(consumer):
+        await wait_until(all_finished(pool), timeout_s=10)
+    assert peak == 3

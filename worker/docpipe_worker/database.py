@@ -1,0 +1,40 @@
+"""Connections to Postgres: where the database is, and pools that speak pgvector and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import asyncpg
+
+from docpipe_worker.embedded import start_embedded_postgres
+
+
+def resolve_database_url(url: str | None = None, *, data_dir: Path | None = None) -> str:
+    """The database to use: `url`, else $DATABASE_URL, else the embedded server (started now)."""
+    url = url or os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    return start_embedded_postgres(data_dir)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Codecs every docpipe connection uses: jsonb as Python objects, vector as lists of floats."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    has_vector = await conn.fetchval(
+        "select exists (select 1 from pg_type where typname = 'vector')"
+    )
+    if has_vector:
+        from pgvector.asyncpg import register_vector
+
+        await register_vector(conn)
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A connection pool with docpipe's codecs on every connection."""
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=init_connection
+    )
+    assert pool is not None  # asyncpg types create_pool as optional for its awaitable form
+    return pool

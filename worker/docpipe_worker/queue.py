@@ -1,0 +1,212 @@
+"""The Postgres job queue: enqueue, claim under a lease, complete, fail, release, rescue, cancel.
+
+Thin: each method runs one statement from `docpipe_worker.queries`; the retry schedule is decided
+by `docpipe_worker.retry`, the consuming loop lives in `docpipe_worker.consumer`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from docpipe_worker import queries
+
+# asyncpg accepts a pool or a connection wherever a query runs.
+Executor = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to enqueue."""
+
+    pipeline: str
+    kind: str = "ingest"
+    document_id: uuid.UUID | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 5
+    run_after: datetime | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to finish one claimed job: valid while the job's lease token is still this one."""
+
+    job_id: int
+    token: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this worker holds under `lease`; `attempt` counts this run (1 for the first)."""
+
+    lease: Lease
+    pipeline: str
+    kind: str
+    document_id: uuid.UUID | None
+    payload: Mapping[str, Any]
+    attempt: int
+    max_attempts: int
+    correlation_id: str | None
+
+    @property
+    def id(self) -> int:
+        return self.lease.job_id
+
+
+@dataclass(frozen=True, slots=True)
+class FailOutcome:
+    """What a failure did: 'queued' (retry at `run_after`), 'dead', or None (lease lost)."""
+
+    status: str | None
+    run_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    pipeline: str
+    ready: int
+    scheduled: int
+    in_flight: int
+    oldest_ready_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RescueResult:
+    requeued: dict[str, int]
+    dead: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.requeued.values()) + sum(self.dead.values())
+
+
+def _lease_arrays(leases: Iterable[Lease]) -> tuple[list[int], list[uuid.UUID]]:
+    ids: list[int] = []
+    tokens: list[uuid.UUID] = []
+    for lease in leases:
+        ids.append(lease.job_id)
+        tokens.append(lease.token)
+    return ids, tokens
+
+
+async def enqueue(conn: Executor, jobs: Sequence[NewJob]) -> list[int]:
+    """Insert `jobs` in one statement, in the caller's transaction when `conn` is in one."""
+    if not jobs:
+        return []
+    rows = await conn.fetch(
+        queries.ENQUEUE,
+        [j.pipeline for j in jobs],
+        [j.kind for j in jobs],
+        [j.document_id for j in jobs],
+        [dict(j.payload) for j in jobs],
+        [j.priority for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.run_after for j in jobs],
+        [j.correlation_id for j in jobs],
+    )
+    return [r[0] for r in rows]
+
+
+async def claim(
+    conn: Executor, pipeline: str, limit: int, *, lease_s: float, worker: str
+) -> list[ClaimedJob]:
+    """Claim up to `limit` ready jobs of `pipeline`, by priority then age, under one new lease."""
+    token = uuid.uuid4()
+    rows = await conn.fetch(queries.CLAIM, pipeline, limit, token, float(lease_s), worker)
+    return [
+        ClaimedJob(
+            lease=Lease(r[0], token),
+            pipeline=pipeline,
+            kind=r[1],
+            document_id=r[2],
+            payload=r[3],
+            attempt=r[4],
+            max_attempts=r[5],
+            correlation_id=r[6],
+        )
+        for r in rows
+    ]
+
+
+async def complete(conn: Executor, leases: Iterable[Lease]) -> set[int]:
+    """Mark the jobs succeeded; return the ids completed (the others' leases were lost)."""
+    ids, tokens = _lease_arrays(leases)
+    if not ids:
+        return set()
+    rows = await conn.fetch(queries.COMPLETE, ids, tokens)
+    return {r[0] for r in rows}
+
+
+async def fail(
+    conn: Executor, lease: Lease, error: str, *, delay_s: float, permanent: bool = False
+) -> FailOutcome:
+    """Record a failed attempt: back to the queue after `delay_s`, or dead when permanent or
+    out of attempts."""
+    row = await conn.fetchrow(
+        queries.FAIL, lease.job_id, lease.token, error, permanent, float(delay_s)
+    )
+    if row is None:
+        return FailOutcome(None, None)
+    return FailOutcome(row[0], row[1])
+
+
+async def release(conn: Executor, leases: Iterable[Lease]) -> set[int]:
+    """Give jobs back to the queue at once, without counting the attempt; return those released."""
+    ids, tokens = _lease_arrays(leases)
+    if not ids:
+        return set()
+    rows = await conn.fetch(queries.RELEASE, ids, tokens)
+    return {r[0] for r in rows}
+
+
+async def heartbeat(conn: Executor, leases: Iterable[Lease], *, lease_s: float) -> set[int]:
+    """Extend the leases; return the ids still held (a missing id was cancelled or rescued)."""
+    ids, tokens = _lease_arrays(leases)
+    if not ids:
+        return set()
+    rows = await conn.fetch(queries.HEARTBEAT, ids, tokens, float(lease_s))
+    return {r[0] for r in rows}
+
+
+async def rescue_expired(conn: Executor, *, limit: int = 1000) -> RescueResult:
+    """Requeue (or bury, when out of attempts) jobs whose lease expired."""
+    rows = await conn.fetch(queries.RESCUE, limit)
+    return RescueResult(
+        requeued={r["pipeline"]: r["requeued"] for r in rows if r["requeued"]},
+        dead={r["pipeline"]: r["dead"] for r in rows if r["dead"]},
+    )
+
+
+async def cancel(conn: Executor, job_id: int) -> bool:
+    """Cancel a queued or running job; False when it had already finished or does not exist."""
+    return await conn.fetchval(queries.CANCEL, job_id) is not None
+
+
+async def retry(conn: Executor, job_id: int) -> bool:
+    """Put a dead or cancelled job back in the queue with fresh attempts; False otherwise."""
+    return await conn.fetchval(queries.RETRY, job_id) is not None
+
+
+async def get(conn: Executor, job_id: int) -> asyncpg.Record | None:
+    """The job's row, or None."""
+    return await conn.fetchrow(queries.GET, job_id)
+
+
+async def stats(conn: Executor, pipelines: Sequence[str] | None = None) -> list[PipelineStats]:
+    """Ready, scheduled and running jobs and the oldest ready job's age, per pipeline."""
+    rows = await conn.fetch(queries.STATS, list(pipelines) if pipelines is not None else None)
+    return [PipelineStats(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+async def next_run_after(conn: Executor, pipeline: str) -> datetime | None:
+    """When the pipeline's earliest queued job becomes ready (None: nothing queued)."""
+    value: datetime | None = await conn.fetchval(queries.NEXT_RUN_AFTER, pipeline)
+    return value
