@@ -12,8 +12,10 @@ import asyncpg
 
 from docpipe_worker import queue
 from docpipe_worker.database import resolve_database_url
+from docpipe_worker.errors import PermanentError, StartupError
 from docpipe_worker.logs import configure_logging
 from docpipe_worker.migrator import MigrationError, migrate
+from docpipe_worker.settings import SettingsError
 
 
 class UsageError(Exception):
@@ -85,6 +87,98 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from docpipe_worker.runner import run_worker
+    from docpipe_worker.settings import WorkerSettings, load_settings
+
+    settings = load_settings(WorkerSettings)
+    configure_logging(json_logs=settings.log_format == "json", level=settings.log_level)
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+def cmd_mocks(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from docpipe_mocks.faults import FaultConfig, ServiceFaults
+    from docpipe_mocks.server import MockConfig, run
+
+    try:
+        if args.faults_json:
+            faults = FaultConfig.model_validate_json(args.faults_json)
+        else:
+            each = ServiceFaults(
+                latency_ms=args.latency_ms,
+                error_rate=args.error_rate,
+                rate_limit_rate=args.rate_limit_rate,
+                retry_after_seconds=args.retry_after,
+                hang_rate=args.hang_rate,
+                malformed_rate=args.malformed_rate,
+            )
+            faults = FaultConfig(seed=args.seed, llamaparse=each, openai=each)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'faults'}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"invalid fault settings: {problems}") from None
+    configure_logging(json_logs=False)
+    run(args.host, args.port, MockConfig(faults=faults))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from docpipe_worker.devstack import run_dev
+
+    return asyncio.run(
+        run_dev(
+            workers=args.workers,
+            pipeline=args.pipeline,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            concurrency=args.concurrency,
+            ingest=[Path(p) for p in args.ingest],
+            once=args.once,
+            mock_latency_ms=args.mock_latency_ms,
+        )
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from docpipe_worker.database import create_pool
+    from docpipe_worker.ingest import ingest_paths, print_report
+
+    paths = [Path(p) for p in args.paths]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"no such file or folder: {path}")
+
+    async def run() -> int:
+        pool = await create_pool(resolve_database_url(args.database_url))
+        try:
+            report = await ingest_paths(
+                pool,
+                paths,
+                pipeline=args.pipeline,
+                reprocess=args.reprocess,
+                wait=not args.no_wait,
+                timeout_s=args.timeout,
+            )
+        finally:
+            await pool.close()
+        if args.json:
+            print(json.dumps(report.__dict__))
+        else:
+            print_report(report, Console(stderr=True))
+        return 0 if report.ok else 1
+
+    return asyncio.run(run())
+
+
 def _row(stats: queue.PipelineStats) -> dict[str, object]:
     return {
         "pipeline": stats.pipeline,
@@ -111,6 +205,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _database_arg(p)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("worker", help="drain a pipeline's jobs (configured by environment)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("mocks", help="serve mock LlamaParse and OpenAI APIs with fault injection")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of requests given a 5xx")
+    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share given a 429")
+    p.add_argument("--retry-after", type=int, default=1, help="retry-after of those 429s (s)")
+    p.add_argument("--hang-rate", type=float, default=0.0, help="share never answered")
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="share with a broken body")
+    p.add_argument("--seed", type=int, default=0, help="makes the fault sequence reproducible")
+    p.add_argument("--faults-json", help="the whole fault configuration as JSON (per service)")
+    p.set_defaults(func=cmd_mocks)
+
+    p = sub.add_parser("dev", help="run Postgres, mocks and workers locally (Ctrl-C stops)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=16, help="jobs at once per worker")
+    p.add_argument("--pipeline", default="default")
+    p.add_argument(
+        "--data-dir", help="where the embedded database lives (default: ~/.local/share/docpipe)"
+    )
+    p.add_argument(
+        "--ingest", nargs="*", default=[], metavar="PATH", help="files or folders to ingest"
+    )
+    p.add_argument("--once", action="store_true", help="stop after the ingest instead of serving")
+    p.add_argument("--mock-latency-ms", type=float, default=0.0, help="added to every mock call")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("ingest", help="add files or folders to a pipeline and follow them")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--pipeline", default="default")
+    p.add_argument("--reprocess", action="store_true", help="process again what is already there")
+    p.add_argument("--no-wait", action="store_true", help="return once the files are queued")
+    p.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _database_arg(p)
+    p.set_defaults(func=cmd_ingest)
     return parser
 
 
@@ -121,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except SettingsError as exc:
+        print(f"docpipe: {exc}", file=sys.stderr)
+        return 2
+    except (StartupError, PermanentError) as exc:
+        print(f"docpipe: {exc}", file=sys.stderr)
+        return 1
     except UsageError as exc:
         print(f"docpipe: {exc}", file=sys.stderr)
         return 2

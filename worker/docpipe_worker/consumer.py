@@ -19,7 +19,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from docpipe_worker import metrics, queries, queue
-from docpipe_worker.errors import PermanentError, TransientError
+from docpipe_worker.errors import LeaseLostError, PermanentError, TransientError
 from docpipe_worker.queue import ClaimedJob, Lease
 from docpipe_worker.retry import RetryPolicy, backoff_delay
 
@@ -33,6 +33,8 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionDoesNotExistError,
+    # Seen when the server goes away while a pooled connection is being reset.
+    asyncpg.InternalClientError,
     asyncio.TimeoutError,
 )
 
@@ -121,6 +123,11 @@ class Consumer:
         ]
         try:
             await self._claim_loop()
+            # Stopped: in-flight jobs finish (or drain() cancels them) with heartbeats still on.
+            while self._running:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            await self._flush_acks()
         finally:
             for task in helpers:
                 task.cancel()
@@ -128,7 +135,7 @@ class Consumer:
             await self._close_listener()
 
     def stop(self) -> None:
-        """Stop claiming; `run()` returns once in-flight jobs are finished (see `drain`)."""
+        """Stop claiming; `run()` returns once in-flight jobs have finished (see `drain`)."""
         self._stopping.set()
         self._wake.set()
 
@@ -149,7 +156,7 @@ class Consumer:
             try:
                 released = await queue.release(self.pool, leases)
                 log.info("released unfinished jobs", extra={"released": len(released)})
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 log.warning("could not release jobs; their leases will expire: %s", exc)
 
     # -- claiming -------------------------------------------------------------------------------
@@ -172,6 +179,11 @@ class Consumer:
             except DB_ERRORS as exc:
                 await self._on_db_error("claim", exc)
                 continue
+            except Exception:
+                # A bug or an unforeseen driver state must not end the worker: log, back off, go on.
+                log.exception("claim failed unexpectedly")
+                await self._on_db_error("claim", RuntimeError("unexpected"))
+                continue
             self._on_db_ok()
             for job in jobs:
                 self._start(job)
@@ -187,7 +199,7 @@ class Consumer:
 
     async def _wait_for_work(self) -> None:
         timeout = self.config.poll_interval_s
-        with contextlib.suppress(*DB_ERRORS):
+        with contextlib.suppress(Exception):
             # A retried job's backoff may end before the next poll: wake for it then.
             run_after = await queue.next_run_after(self.pool, self.config.pipeline)
             if run_after is not None:
@@ -206,10 +218,16 @@ class Consumer:
             # Cancelled because the lease was lost (cancel, rescue) or by drain(): not a failure.
             self._finish(job)
             raise
+        except LeaseLostError as exc:
+            self._m_lost.inc()
+            log.info("lease lost, result dropped: %s", exc, extra={"job_id": job.id})
         except PermanentError as exc:
             await self._fail(job, str(exc), permanent=True, retry_after=None)
         except TransientError as exc:
             await self._fail(job, str(exc), permanent=False, retry_after=exc.retry_after)
+        except DB_ERRORS as exc:
+            message = f"database unavailable: {type(exc).__name__}: {exc}"
+            await self._fail(job, message, permanent=False, retry_after=None)
         except Exception as exc:
             log.exception("job handler crashed", extra={"job_id": job.id})
             await self._fail(job, f"{type(exc).__name__}: {exc}", permanent=False, retry_after=None)
@@ -237,7 +255,7 @@ class Consumer:
                     self.pool, job.lease, error, delay_s=delay, permanent=permanent
                 )
                 break
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 # Not recorded: the lease will expire and the rescuer requeues the job.
                 log.warning("could not record failure (try %d): %s", attempt + 1, exc)
                 await asyncio.sleep(min(2.0**attempt * 0.2, 5.0))
@@ -280,7 +298,7 @@ class Consumer:
             del self._acks[: len(batch)]
             try:
                 done = await queue.complete(self.pool, batch)
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 self._acks[:0] = batch  # keep them: completed work is not thrown away
                 await self._on_db_error("complete", exc)
                 return
@@ -298,7 +316,7 @@ class Consumer:
                 continue
             try:
                 alive = await queue.heartbeat(self.pool, held, lease_s=cfg.lease_s)
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 await self._on_db_error("heartbeat", exc)
                 continue
             self._on_db_ok()
@@ -316,7 +334,7 @@ class Consumer:
             await asyncio.sleep(cfg.rescue_interval_s * random.uniform(0.5, 1.5))
             try:
                 result = await queue.rescue_expired(self.pool)
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 await self._on_db_error("rescue", exc)
                 continue
             if result.total:
@@ -329,7 +347,7 @@ class Consumer:
         while True:
             try:
                 conn: PoolConnectionProxy = await self.pool.acquire()
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 await self._on_db_error("listen", exc)
                 continue
             self._listener = conn
@@ -345,7 +363,7 @@ class Consumer:
                     # Polling `is_closed` catches a dead socket the termination callback missed.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), 5.0)
-            except DB_ERRORS as exc:
+            except Exception as exc:
                 await self._on_db_error("listen", exc)
             finally:
                 await self._close_listener()
@@ -360,9 +378,9 @@ class Consumer:
         conn, self._listener = self._listener, None
         if conn is None:
             return
-        with contextlib.suppress(*DB_ERRORS):
+        with contextlib.suppress(Exception):
             await conn.remove_listener(queries.NOTIFY_CHANNEL, self._on_notify)
-        with contextlib.suppress(*DB_ERRORS, asyncpg.InterfaceError):
+        with contextlib.suppress(Exception):
             await self.pool.release(conn)
 
     def _on_db_ok(self) -> None:

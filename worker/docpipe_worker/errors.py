@@ -19,5 +19,13 @@ class TransientError(JobError):
         self.retry_after = retry_after
 
 
+class StartupError(Exception):
+    """A process cannot start as configured; the message says what to change."""
+
+
+class LeaseLostError(Exception):
+    """The job was cancelled or rescued while this worker processed it: its result is dropped."""
+
+
 class PermanentError(JobError):
     """Retrying cannot help (4xx, unreadable file, empty document): the job goes dead at once."""

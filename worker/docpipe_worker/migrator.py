@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 # Any fixed number works; it only has to be the same for every docpipe process on a database.
 MIGRATION_LOCK_KEY = 0x646F6370_6970650  # "docpipe"
@@ -114,7 +115,7 @@ def _check_history(applied: dict[int, asyncpg.Record], migrations: list[Migratio
             )
 
 
-async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
+async def pending_migrations(conn: asyncpg.Connection | PoolConnectionProxy) -> list[str]:
     """Filenames of shipped migrations not yet applied (the schema may not exist yet)."""
     exists = await conn.fetchval("select to_regclass('docpipe.schema_migrations') is not null")
     applied: set[int] = set()

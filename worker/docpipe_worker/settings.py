@@ -1,0 +1,114 @@
+"""Configuration from environment variables, validated before anything starts.
+
+A bad value names the variable, what is allowed and what was given, and the process exits
+non-zero without touching the database or the network.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+LLAMAPARSE_DEFAULT_URL = "https://api.cloud.llamaindex.ai"
+
+# Kubernetes-style names: the pipeline name is also a label value and part of object names.
+PIPELINE_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class SettingsError(Exception):
+    """The environment holds a value docpipe cannot use; the message says which and why."""
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class WorkerSettings(BaseSettings):
+    """`docpipe worker`: which pipeline, how much at once, which services, where to report."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCPIPE_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    pipeline: str = Field("default", pattern=PIPELINE_NAME)
+    revision: str = Field("dev", min_length=1, max_length=63)
+    concurrency: int = Field(8, ge=1, le=1024)
+    lease_seconds: float = Field(60.0, ge=1, le=3600)
+    poll_interval_seconds: float = Field(2.0, gt=0, le=300)
+    max_attempts: int = Field(5, ge=1, le=100)
+    shutdown_grace_seconds: float = Field(25.0, ge=0, le=3600)
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9000, ge=0, le=65535)
+
+    parser: Literal["local", "llamaparse"] = "local"
+    llamaparse_base_url: str = Field(
+        LLAMAPARSE_DEFAULT_URL, validation_alias=_env("LLAMAPARSE_BASE_URL")
+    )
+    llama_cloud_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("LLAMA_CLOUD_API_KEY")
+    )
+    openai_base_url: str = Field(OPENAI_DEFAULT_URL, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = Field(1536, ge=1, le=2000)
+    embedding_batch_size: int = Field(256, ge=1, le=2048)
+    request_timeout_seconds: float = Field(30.0, gt=0, le=600)
+
+    chunk_max_chars: int = Field(1500, ge=100, le=100_000)
+    chunk_overlap_chars: int = Field(200, ge=0)
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        if self.chunk_overlap_chars * 2 >= self.chunk_max_chars:
+            raise ValueError(
+                "DOCPIPE_CHUNK_OVERLAP_CHARS must be less than half of DOCPIPE_CHUNK_MAX_CHARS "
+                f"({self.chunk_max_chars}), got {self.chunk_overlap_chars}"
+            )
+        if self.parser == "llamaparse" and self.llama_cloud_api_key is None:
+            raise ValueError("DOCPIPE_PARSER=llamaparse needs LLAMA_CLOUD_API_KEY")
+        if self.openai_base_url.rstrip("/") == OPENAI_DEFAULT_URL and self.openai_api_key is None:
+            raise ValueError(
+                "OPENAI_API_KEY is required for the OpenAI API "
+                "(or point OPENAI_BASE_URL at a compatible server, such as `docpipe mocks`)"
+            )
+        return self
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets `field` of `cls`."""
+    info = cls.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return (prefix + field).upper()
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read `cls` from the environment; raise SettingsError with one line per bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = error["loc"]
+            field = str(loc[0]) if loc else ""
+            if field in cls.model_fields:
+                # Secrets and URLs (which may carry a password) are never echoed back.
+                secret = field.endswith(("_key", "_url", "_secret"))
+                given = "<hidden>" if secret else repr(error.get("input"))
+                lines.append(f"{env_name(cls, field)}: {error['msg']} (got {given})")
+            else:
+                lines.append(str(error["msg"]).removeprefix("Value error, "))
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
