@@ -1,0 +1,169 @@
+"""A LlamaParse-compatible parsing API that extracts real text with docpipe's own extractor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from docpipe_worker.errors import PermanentError
+from docpipe_worker.extraction import extract_markdown
+
+PATH_PREFIX = "/api/parsing/"
+
+_log = logging.getLogger(__name__)
+
+
+class LlamaParseSettings(BaseModel):
+    """Behaviour and credentials of the mock parsing API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_key: str | None = None
+    # Status polls answered PENDING before a finished job reports its outcome, so that clients
+    # exercise their polling loop.
+    pending_polls: int = Field(default=1, ge=0, le=1000)
+    # Jobs kept for polling; the oldest are forgotten first.
+    max_jobs: int = Field(default=10_000, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    markdown: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Job:
+    id: str
+    extraction: asyncio.Task[_Outcome]
+    polls: int = 0
+
+
+@dataclass(slots=True)
+class JobStore:
+    """The parsing jobs of one mock server, oldest first."""
+
+    max_jobs: int
+    jobs: OrderedDict[str, _Job] = field(default_factory=OrderedDict)
+
+    def add(self, job: _Job) -> None:
+        self.jobs[job.id] = job
+        while len(self.jobs) > self.max_jobs:
+            _, evicted = self.jobs.popitem(last=False)
+            evicted.extraction.cancel()
+
+    async def close(self) -> None:
+        for job in self.jobs.values():
+            job.extraction.cancel()
+        for job in self.jobs.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await job.extraction
+        self.jobs.clear()
+
+
+SETTINGS = web.AppKey("llamaparse_settings", LlamaParseSettings)
+JOBS = web.AppKey("llamaparse_jobs", JobStore)
+ROUTES = web.RouteTableDef()
+
+
+def error_response(
+    status: int, message: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """Return an error in LlamaParse's (FastAPI's) shape: `{"detail": message}`."""
+    return web.json_response({"detail": message}, status=status, headers=headers)
+
+
+async def _extract(data: bytes, filename: str, content_type: str | None) -> _Outcome:
+    try:
+        markdown = await asyncio.to_thread(
+            extract_markdown, data, filename=filename, content_type=content_type
+        )
+    except PermanentError as exc:
+        return _Outcome(error=str(exc))
+    except Exception as exc:
+        # A bug in extraction must still end the job, as the real service reports ERROR.
+        _log.exception("extraction of %r failed", filename)
+        return _Outcome(error=f"internal error while parsing {filename!r}: {exc}")
+    return _Outcome(markdown=markdown)
+
+
+@ROUTES.post("/api/parsing/upload")
+async def upload(request: web.Request) -> web.Response:
+    """Accept a multipart `file` and start parsing it; answer with the PENDING job."""
+    if not request.content_type.startswith("multipart/"):
+        return error_response(400, "The request must be multipart/form-data with a 'file' field.")
+    form = await request.post()
+    upload = form.get("file")
+    if not isinstance(upload, web.FileField):
+        return error_response(400, "Field 'file' is required and must be a file.")
+    data = upload.file.read()
+    # aiohttp reports a part without a content type as application/octet-stream, which says nothing.
+    content_type: str | None = upload.content_type
+    if content_type == "application/octet-stream":
+        content_type = None
+    job = _Job(
+        id=str(uuid.uuid4()),
+        extraction=asyncio.create_task(_extract(data, upload.filename, content_type)),
+    )
+    request.app[JOBS].add(job)
+    return web.json_response({"id": job.id, "status": "PENDING"})
+
+
+def _find_job(request: web.Request) -> _Job | None:
+    return request.app[JOBS].jobs.get(request.match_info["job_id"])
+
+
+@ROUTES.get("/api/parsing/job/{job_id}")
+async def job_status(request: web.Request) -> web.Response:
+    """Report a job's status: PENDING, then SUCCESS, or ERROR with the extractor's message."""
+    job = _find_job(request)
+    if job is None:
+        return error_response(404, "Job not found")
+    job.polls += 1
+    if not job.extraction.done() or job.polls <= request.app[SETTINGS].pending_polls:
+        return web.json_response({"id": job.id, "status": "PENDING"})
+    outcome = job.extraction.result()
+    if outcome.error is not None:
+        return web.json_response(
+            {
+                "id": job.id,
+                "status": "ERROR",
+                "error_code": "PARSING_ERROR",
+                "error_message": outcome.error,
+            }
+        )
+    return web.json_response({"id": job.id, "status": "SUCCESS"})
+
+
+@ROUTES.get("/api/parsing/job/{job_id}/result/markdown")
+async def job_markdown(request: web.Request) -> web.Response:
+    """Return a successful job's markdown."""
+    job = _find_job(request)
+    if job is None:
+        return error_response(404, "Job not found")
+    if not job.extraction.done():
+        return error_response(400, f"Job {job.id} is still PENDING; its result is not ready.")
+    outcome = job.extraction.result()
+    if outcome.markdown is None:
+        return error_response(400, f"Job {job.id} ended in ERROR and has no result.")
+    return web.json_response({"markdown": outcome.markdown})
+
+
+def install(app: web.Application, settings: LlamaParseSettings) -> None:
+    """Add the parsing endpoints to `app`, configured by `settings`."""
+    app[SETTINGS] = settings
+    app[JOBS] = JobStore(max_jobs=settings.max_jobs)
+
+    async def close_jobs(app: web.Application) -> None:
+        await app[JOBS].close()
+
+    app.on_cleanup.append(close_jobs)
+    app.add_routes(ROUTES)

@@ -1,0 +1,195 @@
+"""An OpenAI-compatible embeddings endpoint (`POST /v1/embeddings`) serving mock embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from docpipe_mocks.embedding import embed_array
+
+PATH_PREFIX = "/v1/"
+
+# Native dimensions of the models the mock knows, and whether a request may shorten them
+# (`text-embedding-ada-002` rejects `dimensions`, as the real API does).
+MODEL_DIMENSIONS: Mapping[str, int] = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+_FIXED_DIMENSION_MODELS = frozenset({"text-embedding-ada-002"})
+
+# The real API returns about this many significant decimals; shorter numbers serialise faster.
+_DECIMALS = 8
+
+
+class OpenAISettings(BaseModel):
+    """Limits and credentials of the mock embeddings endpoint (defaults are the real API's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_key: str | None = None
+    max_batch_inputs: int = Field(default=2048, ge=1)
+    max_input_tokens: int = Field(default=8192, ge=1)
+    max_request_tokens: int = Field(default=300_000, ge=1)
+
+
+SETTINGS = web.AppKey("openai_settings", OpenAISettings)
+ROUTES = web.RouteTableDef()
+
+
+class _InvalidRequestError(Exception):
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Return an error in the OpenAI shape: `{"error": {"message", "type", "param", "code"}}`."""
+    if status == 429:
+        kind = "requests"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def estimate_tokens(text: str) -> int:
+    """Approximate the token count of `text` (about four characters per token, as for English)."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _parse_inputs(body: Mapping[str, Any], settings: OpenAISettings) -> list[str]:
+    raw = body.get("input")
+    if isinstance(raw, str):
+        inputs = [raw]
+    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        inputs = list(raw)
+    else:
+        raise _InvalidRequestError(
+            "Invalid 'input': expected a string or an array of strings.", param="input"
+        )
+    if not inputs:
+        raise _InvalidRequestError("Invalid 'input': the array must not be empty.", param="input")
+    if len(inputs) > settings.max_batch_inputs:
+        raise _InvalidRequestError(
+            f"Invalid 'input': maximum array length is {settings.max_batch_inputs}, "
+            f"but got an array with length {len(inputs)}.",
+            param="input",
+        )
+    total = 0
+    for index, text in enumerate(inputs):
+        if not text:
+            raise _InvalidRequestError(
+                f"Invalid 'input[{index}]': string must not be empty.", param=f"input[{index}]"
+            )
+        tokens = estimate_tokens(text)
+        if tokens > settings.max_input_tokens:
+            raise _InvalidRequestError(
+                f"This model's maximum context length is {settings.max_input_tokens} tokens, "
+                f"however you requested {tokens} tokens in 'input[{index}]'. "
+                "Please reduce the length of the input.",
+                param=f"input[{index}]",
+            )
+        total += tokens
+    if total > settings.max_request_tokens:
+        raise _InvalidRequestError(
+            f"Requested {total} tokens, max {settings.max_request_tokens} tokens per request.",
+            param="input",
+        )
+    return inputs
+
+
+def _parse_dimensions(body: Mapping[str, Any], model: str) -> int:
+    native = MODEL_DIMENSIONS[model]
+    requested = body.get("dimensions")
+    if requested is None:
+        return native
+    if model in _FIXED_DIMENSION_MODELS:
+        raise _InvalidRequestError(
+            f"Model {model} does not support specifying dimensions.", param="dimensions"
+        )
+    # bool is an int in Python, not in JSON Schema.
+    if not isinstance(requested, int) or isinstance(requested, bool):
+        raise _InvalidRequestError("Invalid 'dimensions': expected an integer.", param="dimensions")
+    if not 1 <= requested <= native:
+        raise _InvalidRequestError(
+            f"Invalid 'dimensions': {requested} is out of range; {model} supports 1 to {native}.",
+            param="dimensions",
+        )
+    return requested
+
+
+def _render(inputs: list[str], *, model: str, dimensions: int, encoding: str) -> bytes:
+    data: list[dict[str, Any]] = []
+    for index, text in enumerate(inputs):
+        vector = embed_array(text, dimensions)
+        embedding: str | list[float]
+        if encoding == "base64":
+            embedding = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            embedding = np.round(vector, _DECIMALS).tolist()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = sum(estimate_tokens(text) for text in inputs)
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@ROUTES.post("/v1/embeddings")
+async def create_embeddings(request: web.Request) -> web.Response:
+    """Embed `input` (a string or an array of strings) with the mock embedding of `model`."""
+    settings = request.app[SETTINGS]
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return error_response(400, "We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return error_response(400, "The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return error_response(400, "You must provide a model parameter.", param="model")
+    if model not in MODEL_DIMENSIONS:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return error_response(404, message, param="model", code="model_not_found")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        message = f"Invalid 'encoding_format': {encoding!r}; expected 'float' or 'base64'."
+        return error_response(400, message, param="encoding_format")
+    try:
+        inputs = _parse_inputs(body, settings)
+        dimensions = _parse_dimensions(body, model)
+    except _InvalidRequestError as invalid:
+        return error_response(400, invalid.message, param=invalid.param)
+    # Off the event loop: a full batch takes long enough to stall other requests and the admin API.
+    payload = await asyncio.to_thread(
+        _render, inputs, model=model, dimensions=dimensions, encoding=encoding
+    )
+    return web.Response(body=payload, content_type="application/json")
+
+
+def install(app: web.Application, settings: OpenAISettings) -> None:
+    """Add the embeddings endpoint to `app`, configured by `settings`."""
+    app[SETTINGS] = settings
+    app.add_routes(ROUTES)
