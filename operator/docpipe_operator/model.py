@@ -1,0 +1,461 @@
+"""The DocumentPipeline custom resource: its spec and status as pydantic models.
+
+This module is the contract between users, the API server and the operator: the CRD schema in
+`crds/` is generated from these models (see `crd.py`), so a field, default or bound is changed here
+and nowhere else. Cross-field rules are written twice, side by side: as CEL for the API server
+(`x-kubernetes-validations`) and as a model validator for the operator and the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "docpipe.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DocumentPipeline"
+PLURAL = "documentpipelines"
+SINGULAR = "documentpipeline"
+SHORT_NAMES = ("dp",)
+
+# A DocumentPipeline's name becomes a label value and part of a Service name
+# (`<name>-worker-metrics`, a DNS-1035 label of at most 63 characters): it is held to that shape.
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 48
+
+# Environment variables the operator sets itself; extraEnv may not override them, because a
+# silently shadowed DATABASE_URL or DOCPIPE_REVISION would be very hard to debug.
+RESERVED_ENV_NAMES = (
+    "DATABASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "LLAMA_CLOUD_API_KEY",
+    "LLAMAPARSE_BASE_URL",
+    "DOCPIPE_PIPELINE",
+    "DOCPIPE_REVISION",
+    "DOCPIPE_CONCURRENCY",
+    "DOCPIPE_METRICS_PORT",
+    "DOCPIPE_PARSER",
+    "DOCPIPE_EMBEDDING_MODEL",
+    "DOCPIPE_EMBEDDING_DIMENSIONS",
+    "DOCPIPE_CHUNK_MAX_CHARS",
+    "DOCPIPE_CHUNK_OVERLAP_CHARS",
+    "DOCPIPE_SHUTDOWN_GRACE_SECONDS",
+)
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """The `json_schema_extra` that puts CEL rules (rule, message) on a model's schema."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored rather than refused: the API server already prunes them, and an
+    # operator older than its CRD must still read newer objects.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the DocumentPipeline's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
+
+
+_RESERVED_ENV_MESSAGE = "worker.extraEnv may not set a variable the operator sets itself: " + (
+    ", ".join(RESERVED_ENV_NAMES)
+)
+
+
+class EnvVar(_Model):
+    """An extra environment variable for the worker container, as in a Pod spec."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!(self.name in [" + ", ".join(f"'{n}'" for n in RESERVED_ENV_NAMES) + "])",
+                _RESERVED_ENV_MESSAGE,
+            ),
+            ("!(has(self.value) && has(self.valueFrom))", "env: set value or valueFrom, not both"),
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str | None = Field(default=None, description="A literal value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None, description="A source for the value (secretKeyRef, configMapKeyRef, ...)."
+    )
+
+    @model_validator(mode="after")
+    def _check_env(self) -> EnvVar:
+        if self.name in RESERVED_ENV_NAMES:
+            raise ValueError(_RESERVED_ENV_MESSAGE)
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("env: set value or valueFrom, not both")
+        return self
+
+
+class LivenessProbeSpec(_Model):
+    """Timing of the liveness probe on the worker's /healthz."""
+
+    initial_delay_seconds: int = Field(default=10, ge=0, le=3600)
+    period_seconds: int = Field(default=10, ge=1, le=300)
+    timeout_seconds: int = Field(default=2, ge=1, le=60)
+    failure_threshold: int = Field(default=3, ge=1, le=30)
+
+
+class ReadinessProbeSpec(_Model):
+    """Timing of the readiness probe on the worker's /readyz."""
+
+    initial_delay_seconds: int = Field(default=0, ge=0, le=3600)
+    period_seconds: int = Field(default=5, ge=1, le=300)
+    timeout_seconds: int = Field(default=2, ge=1, le=60)
+    failure_threshold: int = Field(default=2, ge=1, le=30)
+
+
+class ProbesSpec(_Model):
+    """Probe settings for the worker's health endpoints."""
+
+    liveness: LivenessProbeSpec = Field(default_factory=LivenessProbeSpec)
+    readiness: ReadinessProbeSpec = Field(default_factory=ReadinessProbeSpec)
+
+
+_DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+
+class WorkerSpec(_Model):
+    """The worker pods: image, resources, concurrency and lifecycle."""
+
+    image: str = Field(min_length=1, description="The docpipe image; it runs `docpipe worker`.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(
+        default=[], max_length=20, description="Names of Secrets for pulling the image."
+    )
+    service_account_name: str | None = Field(default=None, max_length=253)
+    concurrency: int = Field(default=8, ge=1, le=256, description="Jobs one worker runs at once.")
+    metrics_port: int = Field(
+        default=9000, ge=1024, le=65535, description="Port serving /metrics, /healthz, /readyz."
+    )
+    resources: dict[str, Any] = Field(
+        default=_DEFAULT_RESOURCES, description="Resource requests and limits, as in a Pod spec."
+    )
+    termination_grace_period_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="Time a stopping worker has to finish or release its jobs.",
+    )
+    probes: ProbesSpec = Field(default_factory=ProbesSpec)
+    extra_env: list[EnvVar] = Field(
+        default=[],
+        max_length=100,
+        description="More environment variables.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _check_extra_env(self) -> WorkerSpec:
+        names = [e.name for e in self.extra_env]
+        if len(names) != len(set(names)):
+            raise ValueError("worker.extraEnv names must be unique")
+        return self
+
+
+class DatabaseSpec(_Model):
+    """Where the queue and the vectors live."""
+
+    url_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the PostgreSQL URL (DATABASE_URL)."
+    )
+
+
+_LLAMAPARSE_KEY_MESSAGE = "parser.apiKeySecretRef is required when parser.kind is llamaparse"
+_OPENAI_KEY_MESSAGE = (
+    "embedder.apiKeySecretRef is required unless embedder.baseUrl points at a compatible server"
+)
+
+
+class ParserSpec(_Model):
+    """How documents are turned into text."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("self.kind != 'llamaparse' || has(self.apiKeySecretRef)", _LLAMAPARSE_KEY_MESSAGE)
+        )
+    )
+
+    kind: Literal["local", "llamaparse"] = Field(
+        default="local", description="`local` parses in the worker; `llamaparse` calls LlamaParse."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key with the LlamaParse API key (LLAMA_CLOUD_API_KEY)."
+    )
+    base_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="LlamaParse base URL (e.g. the mocks)."
+    )
+
+    @model_validator(mode="after")
+    def _check_key(self) -> ParserSpec:
+        if self.kind == "llamaparse" and self.api_key_secret_ref is None:
+            raise ValueError(_LLAMAPARSE_KEY_MESSAGE)
+        return self
+
+
+class EmbedderSpec(_Model):
+    """How chunks are embedded."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.apiKeySecretRef) || has(self.baseUrl)", _OPENAI_KEY_MESSAGE)
+        )
+    )
+
+    model: str = Field(default="text-embedding-3-small", min_length=1)
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        le=2000,
+        description="Embedding size; must match the database's vectors. Unset: the worker default.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key with the OpenAI API key (OPENAI_API_KEY)."
+    )
+    base_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="OpenAI-compatible base URL."
+    )
+
+    @model_validator(mode="after")
+    def _check_key(self) -> EmbedderSpec:
+        if self.api_key_secret_ref is None and self.base_url is None:
+            raise ValueError(_OPENAI_KEY_MESSAGE)
+        return self
+
+
+_OVERLAP_MESSAGE = "chunking.overlapChars must be less than half of chunking.maxChars"
+
+
+class ChunkingSpec(_Model):
+    """How parsed text is split before embedding."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("self.overlapChars * 2 < self.maxChars", _OVERLAP_MESSAGE))
+    )
+
+    max_chars: int = Field(default=1500, ge=100, le=100_000)
+    overlap_chars: int = Field(default=200, ge=0, le=50_000)
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> ChunkingSpec:
+        if self.overlap_chars * 2 >= self.max_chars:
+            raise ValueError(_OVERLAP_MESSAGE)
+        return self
+
+
+class ScaleToZeroSpec(_Model):
+    """Removing every worker when the pipeline has had no work for a while."""
+
+    enabled: bool = Field(default=False, description="Requires minReplicas: 0.")
+    idle_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86_400,
+        description="How long the queue must be empty with no job in flight before scaling to 0.",
+    )
+
+
+_SCALE_TO_ZERO_MESSAGE = (
+    "scaling.scaleToZero.enabled must be true exactly when scaling.minReplicas is 0"
+)
+
+
+class ScalingSpec(_Model):
+    """The autoscaling policy: replicas are sized to keep the queue wait near the target."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.minReplicas <= self.maxReplicas",
+                "scaling.minReplicas must be <= scaling.maxReplicas",
+            ),
+            ("self.scaleToZero.enabled == (self.minReplicas == 0)", _SCALE_TO_ZERO_MESSAGE),
+        )
+    )
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    target_queue_wait_seconds: int = Field(
+        default=30, ge=1, le=86_400, description="How long a ready job should wait at most."
+    )
+    interval_seconds: int = Field(default=5, ge=1, le=3600, description="Time between decisions.")
+    scale_down_stabilization_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="Scale down only to the highest recommendation of this window.",
+    )
+    max_scale_up_step: int = Field(
+        default=4, ge=1, le=1000, description="Most replicas added in one decision."
+    )
+    scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ScalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("scaling.minReplicas must be <= scaling.maxReplicas")
+        if self.scale_to_zero.enabled != (self.min_replicas == 0):
+            raise ValueError(_SCALE_TO_ZERO_MESSAGE)
+        return self
+
+
+class PrometheusSpec(_Model):
+    """A Prometheus server to query instead of scraping the pods."""
+
+    url: str = Field(pattern=r"^https?://", description="Base URL of the Prometheus HTTP API.")
+
+
+class PodMonitorSpec(_Model):
+    """A prometheus-operator PodMonitor for the workers (needs its CRDs in the cluster)."""
+
+    enabled: bool = False
+    interval: str = Field(default="15s", pattern=r"^[0-9]+(ms|s|m|h)$")
+    labels: dict[str, str] = Field(
+        default={}, description="Extra labels, e.g. the ones your Prometheus selects on."
+    )
+
+
+class MetricsSpec(_Model):
+    """Where the operator reads worker metrics from."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.source != 'prometheus' || has(self.prometheus)",
+                "metrics.prometheus.url is required when metrics.source is prometheus",
+            )
+        )
+    )
+
+    source: Literal["pods", "prometheus"] = Field(
+        default="pods", description="`pods` scrapes each worker; `prometheus` queries PromQL."
+    )
+    prometheus: PrometheusSpec | None = None
+    scrape_timeout_seconds: int = Field(default=2, ge=1, le=30)
+    pod_monitor: PodMonitorSpec = Field(default_factory=PodMonitorSpec)
+
+    @model_validator(mode="after")
+    def _check_prometheus(self) -> MetricsSpec:
+        if self.source == "prometheus" and self.prometheus is None:
+            raise ValueError("metrics.prometheus.url is required when metrics.source is prometheus")
+        return self
+
+
+class DisruptionSpec(_Model):
+    """The PodDisruptionBudget of the workers."""
+
+    max_unavailable: int = Field(
+        default=1, ge=1, le=1000, description="Workers a voluntary disruption may stop at once."
+    )
+
+
+class DocumentPipelineSpec(_Model):
+    """The desired state of a document pipeline's worker fleet."""
+
+    worker: WorkerSpec
+    database: DatabaseSpec
+    parser: ParserSpec = Field(default_factory=ParserSpec)
+    embedder: EmbedderSpec
+    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    disruption: DisruptionSpec = Field(default_factory=DisruptionSpec)
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Pins the worker count and turns autoscaling off (`kubectl scale` sets it).",
+    )
+
+
+ConditionType = Literal["Ready", "Scaling", "Degraded"]
+Phase = Literal["Pending", "Running", "ScaledToZero", "Degraded"]
+
+
+class Condition(_Model):
+    """One aspect of the pipeline's state, in the Kubernetes convention."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=32_768)
+    last_transition_time: datetime | None = None
+
+
+class DocumentPipelineStatus(_Model):
+    """The observed state, written by the operator only."""
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(
+        default=[],
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = None
+    replicas: int | None = Field(default=None, description="Worker pods that exist.")
+    ready_replicas: int | None = None
+    desired_replicas: int | None = None
+    selector: str | None = Field(default=None, description="Label selector of the worker pods.")
+    last_scale_reason: str | None = None
+    queue_depth: int | None = Field(default=None, description="Jobs ready to run.")
+    oldest_ready_age_seconds: float | None = None
+    throughput_per_second: float | None = Field(default=None, description="Jobs done per second.")
+
+
+class DocumentPipeline(_Model):
+    """A whole DocumentPipeline object as the API server returns it."""
+
+    api_version: Literal["docpipe.io/v1alpha1"] = "docpipe.io/v1alpha1"
+    kind: Literal["DocumentPipeline"] = "DocumentPipeline"
+    metadata: dict[str, Any] = Field(default={})
+    spec: DocumentPipelineSpec
+    status: DocumentPipelineStatus = Field(default_factory=DocumentPipelineStatus)
+
+
+class SpecError(ValueError):
+    """A DocumentPipeline spec that does not validate; the message names each bad field."""
+
+
+def parse_spec(spec: Mapping[str, Any]) -> DocumentPipelineSpec:
+    """Validate a spec as read from the API; raise SpecError naming each offending field."""
+    try:
+        return DocumentPipelineSpec.model_validate(spec)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(["spec", *(str(p) for p in error["loc"])])
+            problems.append(f"{where}: {error['msg']}")
+        raise SpecError("; ".join(problems)) from None
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it can name a DocumentPipeline's children; raise SpecError if not."""
+    if len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name):
+        raise SpecError(
+            f"metadata.name {name!r}: must be at most {MAX_NAME_LENGTH} characters of a-z, 0-9 "
+            "and '-', starting with a letter and ending with a letter or digit"
+        )
+    return name
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """The model as Kubernetes JSON: camelCase keys, absent optionals left out."""
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")

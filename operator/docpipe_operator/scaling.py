@@ -1,0 +1,360 @@
+"""The autoscaling decision: a metrics snapshot, the policy and recent history in, replicas out.
+
+Everything here is pure: the caller scrapes the workers (or queries Prometheus), keeps the
+`ScalingHistory` between calls (in memory or in an annotation), and applies the `Decision`.
+
+The sizing rule, in slots (one slot runs one job; a worker has `concurrency` of them):
+
+    slots needed = jobs in flight now + ready jobs × seconds per job / target queue wait
+    replicas     = ceil(slots needed / concurrency)
+
+The first term is the arrival rate the fleet is absorbing now (Little's law: in flight = rate ×
+job time); the second drains the backlog within the target wait. Seconds per job is measured from
+the succeeded counters (busy slot-seconds / jobs done over the last minute); until a job has been
+measured it is taken to be the target wait itself, which sizes the fleet to give every ready job a
+slot at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from docpipe_operator.model import ScalingSpec
+
+# Within ±10 % of the current size, keep the current size: chasing noise costs pod churn.
+TOLERANCE = 0.1
+# Job time is measured over this many seconds of counter samples (or 3 intervals, if longer).
+RATE_WINDOW_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PodMetrics:
+    """One worker pod as last seen: its readiness and, if its scrape succeeded, its metrics."""
+
+    name: str
+    ready: bool
+    jobs_in_flight: float | None = None  # None: the scrape failed
+    jobs_succeeded: float | None = None  # counter, summed over its label sets
+
+    @property
+    def scraped(self) -> bool:
+        """Whether this pod's metrics were read."""
+        return self.jobs_in_flight is not None and self.jobs_succeeded is not None
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    """The pipeline's queue as any worker reports it (every worker exports the same gauges)."""
+
+    ready_jobs: float
+    oldest_ready_age_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What one round of scraping found; `queue` is None when no worker reported it."""
+
+    pods: tuple[PodMetrics, ...] = ()
+    queue: QueueMetrics | None = None
+
+
+@dataclass(frozen=True)
+class CounterSample:
+    """Per-pod counter and gauge values at one time, for measuring rates."""
+
+    at: float
+    succeeded: Mapping[str, float]
+    in_flight: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The replica count the load called for at one time (before step and stabilization)."""
+
+    at: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ScalingHistory:
+    """What the decision remembers between calls; start with `ScalingHistory()`."""
+
+    samples: tuple[CounterSample, ...] = ()
+    recommendations: tuple[Recommendation, ...] = ()
+    last_busy_at: float | None = None  # last time a job was ready or in flight (or unknown)
+    seconds_per_job: float | None = None  # last measured busy slot-seconds per job
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How many workers to run, why (for status and Events), and the figures behind it."""
+
+    desired: int
+    reason: str
+    current: int
+    recommendation: int
+    metrics_complete: bool
+    queue_depth: int | None = None
+    oldest_ready_age_seconds: float | None = None
+    throughput_per_second: float | None = None
+    seconds_per_job: float | None = None
+    jobs_in_flight: float | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether the decision asks for a different number of workers."""
+        return self.desired != self.current
+
+
+@dataclass(frozen=True)
+class _Load:
+    """The figures of one snapshot the sizing rule needs."""
+
+    complete: bool
+    problem: str  # why the metrics are not complete, or ""
+    in_flight: float
+    backlog: float
+    oldest_age: float | None
+    idle: bool
+
+
+def decide_replicas(
+    snapshot: MetricsSnapshot | None,
+    policy: ScalingSpec,
+    *,
+    current: int,
+    concurrency: int,
+    history: ScalingHistory,
+    now: float,
+    pinned: int | None = None,
+) -> tuple[Decision, ScalingHistory]:
+    """Decide the worker count for `now` from the snapshot (None: scraping failed entirely).
+
+    Returns the decision and the history to pass to the next call.
+    """
+    load = _measure_load(snapshot)
+    samples = _keep_samples(history.samples, snapshot, now, policy)
+    throughput, measured = _measure_rates(samples)
+    seconds_per_job = measured if measured is not None else history.seconds_per_job
+    fallback = float(policy.target_queue_wait_seconds)
+    job_seconds = seconds_per_job if seconds_per_job is not None else fallback
+
+    last_busy_at = history.last_busy_at if load.idle and history.last_busy_at is not None else now
+    idle_for = now - last_busy_at
+    zero_allowed = (
+        policy.scale_to_zero.enabled
+        and policy.min_replicas == 0
+        and load.idle
+        and idle_for >= policy.scale_to_zero.idle_seconds
+    )
+
+    slots = load.in_flight + load.backlog * job_seconds / policy.target_queue_wait_seconds
+    raw = slots / concurrency
+    recommendation = _recommend(raw, current, policy, load, zero_allowed)
+    if pinned is not None:
+        recommendation = pinned
+
+    window_start = now - policy.scale_down_stabilization_seconds
+    recent = (
+        *(r for r in history.recommendations if r.at > window_start),
+        Recommendation(now, recommendation),
+    )
+    desired, action = _apply_limits(recommendation, current, policy, recent, zero_allowed, pinned)
+
+    figures = _describe_load(load, raw, job_seconds, seconds_per_job is not None)
+    decision = Decision(
+        desired=desired,
+        reason=_reason(action, current, desired, figures, policy, idle_for, load.complete),
+        current=current,
+        recommendation=recommendation,
+        metrics_complete=load.complete,
+        queue_depth=None if snapshot is None or snapshot.queue is None else round(load.backlog),
+        oldest_ready_age_seconds=load.oldest_age,
+        throughput_per_second=throughput,
+        seconds_per_job=seconds_per_job,
+        jobs_in_flight=load.in_flight if snapshot is not None else None,
+    )
+    new_history = replace(
+        history,
+        samples=samples,
+        recommendations=recent,
+        last_busy_at=last_busy_at,
+        seconds_per_job=seconds_per_job,
+    )
+    return decision, new_history
+
+
+def _measure_load(snapshot: MetricsSnapshot | None) -> _Load:
+    if snapshot is None:
+        return _Load(False, "no worker metrics", 0.0, 0.0, None, idle=False)
+    scraped = [p for p in snapshot.pods if p.scraped]
+    in_flight = sum(p.jobs_in_flight or 0.0 for p in scraped)
+    # A not-ready pod that does not answer is starting or stopping; a ready one should answer.
+    unscraped = tuple(p.name for p in snapshot.pods if p.ready and not p.scraped)
+    queue = snapshot.queue
+    backlog = max(queue.ready_jobs, 0.0) if queue is not None else 0.0
+    problems = []
+    if unscraped:
+        problems.append(f"{len(unscraped)} ready worker(s) not scraped ({', '.join(unscraped)})")
+    if queue is None:
+        problems.append("no queue metrics")
+    complete = not problems
+    return _Load(
+        complete=complete,
+        problem="; ".join(problems),
+        in_flight=in_flight,
+        backlog=backlog,
+        oldest_age=queue.oldest_ready_age_seconds if queue is not None else None,
+        idle=complete and backlog == 0 and in_flight == 0,
+    )
+
+
+def _keep_samples(
+    samples: tuple[CounterSample, ...],
+    snapshot: MetricsSnapshot | None,
+    now: float,
+    policy: ScalingSpec,
+) -> tuple[CounterSample, ...]:
+    window = max(RATE_WINDOW_SECONDS, 3.0 * policy.interval_seconds)
+    kept = tuple(s for s in samples if s.at >= now - window and s.at < now)
+    if snapshot is None:
+        return kept
+    scraped = [p for p in snapshot.pods if p.scraped]
+    sample = CounterSample(
+        at=now,
+        succeeded={p.name: p.jobs_succeeded or 0.0 for p in scraped},
+        in_flight={p.name: p.jobs_in_flight or 0.0 for p in scraped},
+    )
+    return (*kept, sample)
+
+
+def _measure_rates(samples: tuple[CounterSample, ...]) -> tuple[float | None, float | None]:
+    """Fleet throughput (jobs/s) and busy slot-seconds per job over the samples, if measurable."""
+    if len(samples) < 2:
+        return None, None
+    done = 0.0
+    busy = 0.0
+    for before, after in itertools.pairwise(samples):
+        dt = after.at - before.at
+        for pod, value in after.succeeded.items():
+            if pod not in before.succeeded:
+                continue
+            previous = before.succeeded[pod]
+            # A counter that went down was reset (the container restarted): count from zero.
+            done += value - previous if value >= previous else value
+            busy += (before.in_flight.get(pod, 0.0) + after.in_flight.get(pod, 0.0)) / 2 * dt
+    span = samples[-1].at - samples[0].at
+    throughput = done / span if span > 0 else None
+    seconds_per_job = busy / done if done >= 1 and busy > 0 else None
+    return throughput, seconds_per_job
+
+
+def _recommend(
+    raw: float, current: int, policy: ScalingSpec, load: _Load, zero_allowed: bool
+) -> int:
+    """The replica count the load calls for, within the policy's floor and ceiling."""
+    if current > 0 and abs(raw / current - 1) <= TOLERANCE:
+        wanted = current
+    else:
+        wanted = math.ceil(raw - 1e-9)
+    if policy.min_replicas > 0:
+        floor = policy.min_replicas
+    elif current == 0:
+        # At zero, only ready jobs bring a worker back; nothing else would be seen.
+        floor = 1 if load.backlog > 0 else 0
+    else:
+        floor = 0 if zero_allowed else 1
+    if not load.complete:
+        # Missing metrics are no evidence of less work: never recommend fewer than now.
+        floor = max(floor, current)
+    return min(max(wanted, floor), policy.max_replicas)
+
+
+def _apply_limits(
+    recommendation: int,
+    current: int,
+    policy: ScalingSpec,
+    recent: tuple[Recommendation, ...],
+    zero_allowed: bool,
+    pinned: int | None,
+) -> tuple[int, str]:
+    """Turn a recommendation into the replicas to run now, and name the rule that decided."""
+    if pinned is not None:
+        return pinned, "pinned"
+    if recommendation > current:
+        stepped = min(recommendation, current + policy.max_scale_up_step)
+        desired = max(stepped, policy.min_replicas)
+        return desired, "up-limited" if desired < recommendation else "up"
+    if recommendation < current:
+        if zero_allowed and recommendation == 0:
+            # The idle period is the stabilization for scale-to-zero.
+            return 0, "zero"
+        highest = max(r.replicas for r in recent)
+        desired = min(max(min(current, highest), policy.min_replicas), policy.max_replicas)
+        if desired == current:
+            return desired, "down-held"
+        return desired, "down"
+    return current, "steady"
+
+
+def _describe_load(load: _Load, raw: float, job_seconds: float, measured: bool) -> str:
+    if load.problem and load.in_flight == 0 and load.backlog == 0:
+        return load.problem
+    parts = [
+        f"load needs {math.ceil(raw - 1e-9)} workers",
+        f"{load.in_flight:g} jobs in flight, {load.backlog:g} ready",
+    ]
+    if load.oldest_age is not None and load.backlog > 0:
+        parts.append(f"oldest waiting {load.oldest_age:.0f}s")
+    timing = f"jobs take {job_seconds:.1f}s" if measured else f"assuming {job_seconds:g}s per job"
+    parts.append(timing)
+    text = ", ".join(parts)
+    return f"{text}; {load.problem}" if load.problem else text
+
+
+def _reason(
+    action: str,
+    current: int,
+    desired: int,
+    figures: str,
+    policy: ScalingSpec,
+    idle_for: float,
+    complete: bool,
+) -> str:
+    target = f"to keep the queue wait under {policy.target_queue_wait_seconds}s"
+    if action == "pinned":
+        return f"spec.replicas pins {desired} workers; autoscaling is off ({figures})"
+    if action == "zero":
+        return f"scaling {current} → 0: no work for {idle_for:.0f}s ({figures})"
+    if action == "up":
+        return f"scaling up {current} → {desired} {target} ({figures})"
+    if action == "up-limited":
+        return (
+            f"scaling up {current} → {desired}, at most {policy.max_scale_up_step} at a time "
+            f"(maxScaleUpStep), {target} ({figures})"
+        )
+    if action == "down":
+        return f"scaling down {current} → {desired}: less work ({figures})"
+    if action == "down-held":
+        return (
+            f"holding {current}: load would allow fewer, but scale-down waits for "
+            f"{policy.scale_down_stabilization_seconds}s of lower load ({figures})"
+        )
+    if not complete:
+        return f"holding {current} workers until metrics are complete ({figures})"
+    return f"steady at {current} workers ({figures})"
+
+
+def pod_deletion_costs(pods: Iterable[PodMetrics]) -> dict[str, int]:
+    """The `controller.kubernetes.io/pod-deletion-cost` of each pod: its jobs in flight.
+
+    A scale-down then removes idle pods first; a pod whose scrape failed counts as busy as the
+    busiest, since an unknown load is no evidence of idleness.
+    """
+    pods = list(pods)
+    known = {p.name: round(p.jobs_in_flight) for p in pods if p.jobs_in_flight is not None}
+    busiest = max(known.values(), default=0)
+    return {p.name: known.get(p.name, busiest) for p in pods}

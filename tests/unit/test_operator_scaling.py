@@ -1,0 +1,533 @@
+"""The autoscaling decision: table tests of its rules and properties of its behaviour."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from docpipe_operator.model import ScalingSpec
+from docpipe_operator.scaling import (
+    CounterSample,
+    Decision,
+    MetricsSnapshot,
+    PodMetrics,
+    QueueMetrics,
+    Recommendation,
+    ScalingHistory,
+    decide_replicas,
+    pod_deletion_costs,
+)
+
+NOW = 10_000.0
+CONCURRENCY = 4
+
+
+def policy(**fields: Any) -> ScalingSpec:
+    return ScalingSpec.model_validate(fields)
+
+
+def zero_policy(**fields: Any) -> ScalingSpec:
+    return policy(min_replicas=0, scale_to_zero={"enabled": True, "idle_seconds": 600}, **fields)
+
+
+def snapshot(
+    in_flight: Sequence[float],
+    ready_jobs: float | None = 0,
+    oldest: float = 0.0,
+    succeeded: Sequence[float] | None = None,
+) -> MetricsSnapshot:
+    done = succeeded if succeeded is not None else [0.0] * len(in_flight)
+    pods = tuple(
+        PodMetrics(f"w-{i}", ready=True, jobs_in_flight=f, jobs_succeeded=s)
+        for i, (f, s) in enumerate(zip(in_flight, done, strict=True))
+    )
+    queue = None if ready_jobs is None else QueueMetrics(ready_jobs, oldest)
+    return MetricsSnapshot(pods=pods, queue=queue)
+
+
+def decide(
+    snap: MetricsSnapshot | None,
+    current: int,
+    scaling: ScalingSpec | None = None,
+    history: ScalingHistory | None = None,
+    now: float = NOW,
+    pinned: int | None = None,
+) -> tuple[Decision, ScalingHistory]:
+    return decide_replicas(
+        snap,
+        scaling or policy(),
+        current=current,
+        concurrency=CONCURRENCY,
+        history=history or ScalingHistory(),
+        now=now,
+        pinned=pinned,
+    )
+
+
+# Jobs take 3 s: with a 30 s target, 10 ready jobs need one slot.
+MEASURED = ScalingHistory(seconds_per_job=3.0)
+
+
+def test_load_that_fills_the_current_workers_keeps_them() -> None:
+    decision, _ = decide(snapshot([4, 4]), current=2)
+
+    assert decision.desired == 2
+    assert not decision.changed
+    assert decision.reason.startswith("steady at 2")
+
+
+def test_backlog_adds_the_workers_that_drain_it_within_the_target_wait() -> None:
+    # 8 slots busy + 40 ready × 3 s / 30 s = 12 slots = 3 workers of 4.
+    decision, _ = decide(snapshot([4, 4], ready_jobs=40, oldest=12), current=2, history=MEASURED)
+
+    assert decision.desired == 3
+    assert decision.reason.startswith("scaling up 2 → 3")
+    assert "40 ready" in decision.reason
+    assert "oldest waiting 12s" in decision.reason
+
+
+def test_unmeasured_job_time_falls_back_to_a_slot_per_ready_job() -> None:
+    # No job measured yet: 8 busy + 8 ready = 16 slots = 4 workers.
+    decision, _ = decide(snapshot([4, 4], ready_jobs=8), current=2)
+
+    assert decision.desired == 4
+    assert "assuming 30s per job" in decision.reason
+
+
+def test_scale_up_is_immediate_but_bounded_by_max_scale_up_step() -> None:
+    decision, _ = decide(snapshot([4, 4], ready_jobs=400), current=2, history=MEASURED)
+
+    assert decision.recommendation == 10
+    assert decision.desired == 6
+    assert "maxScaleUpStep" in decision.reason
+
+
+def test_scale_up_stops_at_max_replicas() -> None:
+    scaling = policy(max_replicas=5, max_scale_up_step=100)
+
+    decision, _ = decide(snapshot([4, 4], ready_jobs=4000), current=2, scaling=scaling)
+
+    assert decision.desired == 5
+
+
+def test_fewer_workers_than_min_replicas_are_raised_to_it_regardless_of_step() -> None:
+    scaling = policy(min_replicas=3, max_scale_up_step=1)
+
+    decision, _ = decide(snapshot([]), current=0, scaling=scaling)
+
+    assert decision.desired == 3
+
+
+def test_more_workers_than_max_replicas_are_lowered_to_it_even_without_metrics() -> None:
+    decision, _ = decide(None, current=15, scaling=policy(max_replicas=10))
+
+    assert decision.desired == 10
+
+
+def test_load_within_tolerance_of_the_current_size_changes_nothing() -> None:
+    # 37 busy slots / 4 = 9.25 workers: within 10 % of 10.
+    decision, _ = decide(snapshot([4] * 9 + [1]), current=10)
+
+    assert decision.desired == 10
+
+
+def test_scale_down_waits_for_the_highest_recommendation_in_the_window() -> None:
+    history = ScalingHistory(recommendations=(Recommendation(NOW - 100, 5),))
+
+    decision, _ = decide(snapshot([1, 1, 0, 0, 0]), current=5, history=history)
+
+    assert decision.recommendation == 1
+    assert decision.desired == 5
+    assert decision.reason.startswith("holding 5")
+
+
+def test_scale_down_goes_only_as_far_as_the_highest_recent_recommendation() -> None:
+    history = ScalingHistory(recommendations=(Recommendation(NOW - 100, 3),))
+
+    decision, _ = decide(snapshot([1, 1, 0, 0, 0]), current=5, history=history)
+
+    assert decision.desired == 3
+    assert decision.reason.startswith("scaling down 5 → 3")
+
+
+def test_recommendations_older_than_the_window_no_longer_hold_replicas() -> None:
+    history = ScalingHistory(recommendations=(Recommendation(NOW - 301, 5),))
+
+    decision, new_history = decide(snapshot([1, 1, 0, 0, 0]), current=5, history=history)
+
+    assert decision.desired == 1
+    assert new_history.recommendations == (Recommendation(NOW, 1),)
+
+
+def test_no_metrics_at_all_hold_the_current_size() -> None:
+    decision, _ = decide(None, current=5)
+
+    assert decision.desired == 5
+    assert not decision.metrics_complete
+    assert decision.reason == "holding 5 workers until metrics are complete (no worker metrics)"
+
+
+def test_an_unscraped_ready_worker_blocks_scale_down() -> None:
+    snap = MetricsSnapshot(
+        pods=(
+            PodMetrics("w-0", ready=True, jobs_in_flight=0, jobs_succeeded=0),
+            PodMetrics("w-1", ready=True),
+        ),
+        queue=QueueMetrics(0),
+    )
+
+    decision, _ = decide(snap, current=2)
+
+    assert decision.desired == 2
+    assert "w-1" in decision.reason
+
+
+def test_missing_queue_metrics_block_scale_down() -> None:
+    decision, _ = decide(snapshot([0, 0, 0], ready_jobs=None), current=3)
+
+    assert decision.desired == 3
+    assert "no queue metrics" in decision.reason
+
+
+def test_partial_metrics_still_allow_scale_up() -> None:
+    snap = MetricsSnapshot(
+        pods=(
+            PodMetrics("w-0", ready=True, jobs_in_flight=4, jobs_succeeded=0),
+            PodMetrics("w-1", ready=True),
+        ),
+        queue=QueueMetrics(80),
+    )
+
+    decision, _ = decide(snap, current=2, history=MEASURED)
+
+    assert decision.desired > 2
+
+
+def test_an_unscraped_starting_worker_does_not_make_metrics_partial() -> None:
+    snap = MetricsSnapshot(
+        pods=(
+            PodMetrics("w-0", ready=True, jobs_in_flight=1, jobs_succeeded=0),
+            PodMetrics("w-1", ready=True, jobs_in_flight=0, jobs_succeeded=0),
+            PodMetrics("w-2", ready=False),
+        ),
+        queue=QueueMetrics(0),
+    )
+
+    decision, _ = decide(snap, current=3)
+
+    assert decision.metrics_complete
+    assert decision.desired == 1
+
+
+def test_idle_workers_scale_to_zero_after_the_idle_period() -> None:
+    history = ScalingHistory(last_busy_at=NOW - 601, recommendations=(Recommendation(NOW - 10, 1),))
+
+    decision, _ = decide(snapshot([0]), current=1, scaling=zero_policy(), history=history)
+
+    assert decision.desired == 0
+    assert decision.reason.startswith("scaling 1 → 0: no work for 601s")
+
+
+def test_idle_workers_keep_one_before_the_idle_period_ends() -> None:
+    history = ScalingHistory(last_busy_at=NOW - 599)
+
+    decision, _ = decide(snapshot([0, 0]), current=2, scaling=zero_policy(), history=history)
+
+    assert decision.desired == 1
+
+
+def test_idle_workers_never_scale_to_zero_when_min_replicas_is_positive() -> None:
+    history = ScalingHistory(last_busy_at=NOW - 100_000)
+
+    decision, _ = decide(snapshot([0]), current=1, history=history)
+
+    assert decision.desired == 1
+
+
+def test_first_idle_observation_starts_the_idle_clock() -> None:
+    decision, history = decide(snapshot([0]), current=1, scaling=zero_policy())
+
+    assert decision.desired == 1
+    assert history.last_busy_at == NOW
+
+
+def test_busy_workers_restart_the_idle_clock() -> None:
+    history = ScalingHistory(last_busy_at=NOW - 5000)
+
+    _, new_history = decide(snapshot([1]), current=1, scaling=zero_policy(), history=history)
+
+    assert new_history.last_busy_at == NOW
+
+
+def test_partial_metrics_restart_the_idle_clock() -> None:
+    history = ScalingHistory(last_busy_at=NOW - 5000)
+
+    decision, new_history = decide(
+        snapshot([0], ready_jobs=None), current=1, scaling=zero_policy(), history=history
+    )
+
+    assert decision.desired == 1
+    assert new_history.last_busy_at == NOW
+
+
+def test_ready_jobs_bring_a_pipeline_back_from_zero() -> None:
+    decision, _ = decide(snapshot([], ready_jobs=3), current=0, scaling=zero_policy())
+
+    assert decision.desired == 1
+    assert decision.reason.startswith("scaling up 0 → 1")
+
+
+@pytest.mark.parametrize("ready_jobs", [0, None])
+def test_a_pipeline_at_zero_stays_there_without_ready_jobs(ready_jobs: float | None) -> None:
+    decision, _ = decide(snapshot([], ready_jobs=ready_jobs), current=0, scaling=zero_policy())
+
+    assert decision.desired == 0
+
+
+def test_pinned_replicas_override_the_load() -> None:
+    decision, _ = decide(snapshot([4, 4], ready_jobs=1000), current=2, pinned=1)
+
+    assert decision.desired == 1
+    assert "spec.replicas pins 1" in decision.reason
+
+
+def test_job_time_and_throughput_are_measured_from_counter_samples() -> None:
+    earlier = CounterSample(
+        at=NOW - 60, succeeded={"w-0": 100, "w-1": 100}, in_flight={"w-0": 4, "w-1": 4}
+    )
+    history = ScalingHistory(samples=(earlier,))
+
+    decision, new_history = decide(
+        snapshot([4, 4], succeeded=[140, 140]), current=2, history=history
+    )
+
+    # 80 jobs in 60 s over 8 busy slots: 480 slot-seconds / 80 jobs = 6 s per job.
+    assert decision.throughput_per_second == pytest.approx(80 / 60)
+    assert decision.seconds_per_job == pytest.approx(6.0)
+    assert new_history.seconds_per_job == pytest.approx(6.0)
+
+
+def test_a_reset_counter_counts_from_zero_rather_than_negative() -> None:
+    earlier = CounterSample(at=NOW - 60, succeeded={"w-0": 100}, in_flight={"w-0": 2})
+    history = ScalingHistory(samples=(earlier,))
+
+    decision, _ = decide(snapshot([2], succeeded=[12]), current=1, history=history)
+
+    assert decision.throughput_per_second == pytest.approx(12 / 60)
+
+
+def test_without_completions_the_last_measured_job_time_is_kept() -> None:
+    earlier = CounterSample(at=NOW - 30, succeeded={"w-0": 5}, in_flight={"w-0": 4})
+    history = ScalingHistory(samples=(earlier,), seconds_per_job=7.5)
+
+    decision, new_history = decide(snapshot([4], succeeded=[5]), current=1, history=history)
+
+    assert decision.seconds_per_job == 7.5
+    assert new_history.seconds_per_job == 7.5
+
+
+def test_counter_samples_older_than_the_rate_window_are_dropped() -> None:
+    old = CounterSample(at=NOW - 61, succeeded={"w-0": 1}, in_flight={"w-0": 0})
+    recent = CounterSample(at=NOW - 30, succeeded={"w-0": 1}, in_flight={"w-0": 0})
+
+    _, history = decide(snapshot([0]), current=1, history=ScalingHistory(samples=(old, recent)))
+
+    assert [s.at for s in history.samples] == [NOW - 30, NOW]
+
+
+def test_decision_reports_queue_figures_for_the_status() -> None:
+    decision, _ = decide(snapshot([1], ready_jobs=7, oldest=4.5), current=1)
+
+    assert decision.queue_depth == 7
+    assert decision.oldest_ready_age_seconds == 4.5
+    assert decision.jobs_in_flight == 1
+
+
+def test_idle_pods_cost_least_to_delete() -> None:
+    costs = pod_deletion_costs(
+        [
+            PodMetrics("busy", ready=True, jobs_in_flight=3, jobs_succeeded=0),
+            PodMetrics("idle", ready=True, jobs_in_flight=0, jobs_succeeded=0),
+        ]
+    )
+
+    assert costs == {"busy": 3, "idle": 0}
+
+
+def test_a_pod_of_unknown_load_costs_as_much_as_the_busiest() -> None:
+    costs = pod_deletion_costs(
+        [
+            PodMetrics("busy", ready=True, jobs_in_flight=5, jobs_succeeded=0),
+            PodMetrics("idle", ready=True, jobs_in_flight=0, jobs_succeeded=0),
+            PodMetrics("unknown", ready=True),
+        ]
+    )
+
+    assert costs["unknown"] == 5
+
+
+# Properties.
+
+
+@st.composite
+def policies(draw: st.DrawFn, *, allow_zero: bool = True, most: int = 20) -> ScalingSpec:
+    min_replicas = draw(st.integers(0 if allow_zero else 1, 5))
+    return policy(
+        min_replicas=min_replicas,
+        max_replicas=draw(st.integers(max(min_replicas, 1), most)),
+        max_scale_up_step=draw(st.integers(1, max(5, most // 4))),
+        target_queue_wait_seconds=draw(st.integers(1, 120)),
+        scale_down_stabilization_seconds=draw(st.integers(0, 600)),
+        interval_seconds=draw(st.integers(1, 30)),
+        scale_to_zero={"enabled": min_replicas == 0, "idle_seconds": draw(st.integers(0, 900))},
+    )
+
+
+@st.composite
+def pod_lists(
+    draw: st.DrawFn, *, count: int, scraped: bool | None = None
+) -> tuple[PodMetrics, ...]:
+    pods = []
+    for i in range(count):
+        ok = draw(st.booleans()) if scraped is None else scraped
+        pods.append(
+            PodMetrics(
+                f"w-{i}",
+                ready=draw(st.booleans()) if scraped is None else True,
+                jobs_in_flight=draw(st.integers(0, CONCURRENCY)) if ok else None,
+                jobs_succeeded=draw(st.integers(0, 10_000)) if ok else None,
+            )
+        )
+    return tuple(pods)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> ScalingHistory:
+    recommendations = draw(
+        st.lists(
+            st.builds(
+                Recommendation,
+                at=st.floats(NOW - 900, NOW - 1),
+                replicas=st.integers(0, 25),
+            ),
+            max_size=5,
+        )
+    )
+    return ScalingHistory(
+        recommendations=tuple(sorted(recommendations, key=lambda r: r.at)),
+        last_busy_at=draw(st.none() | st.floats(NOW - 2000, NOW)),
+        seconds_per_job=draw(st.none() | st.floats(0.1, 600)),
+    )
+
+
+queues = st.none() | st.builds(
+    QueueMetrics, ready_jobs=st.integers(0, 5000), oldest_ready_age_seconds=st.floats(0, 1000)
+)
+
+
+@given(data=st.data(), scaling=policies(), history=histories(), current=st.integers(0, 30))
+def test_desired_replicas_always_lie_within_min_and_max(
+    data: st.DataObject, scaling: ScalingSpec, history: ScalingHistory, current: int
+) -> None:
+    snap = data.draw(
+        st.none() | st.builds(MetricsSnapshot, pods=pod_lists(count=current), queue=queues)
+    )
+
+    decision, _ = decide(snap, current, scaling, history)
+
+    assert scaling.min_replicas <= decision.desired <= scaling.max_replicas
+
+
+@given(data=st.data(), scaling=policies(), history=histories())
+def test_missing_or_partial_metrics_never_scale_down(
+    data: st.DataObject, scaling: ScalingSpec, history: ScalingHistory
+) -> None:
+    current = data.draw(st.integers(0, scaling.max_replicas))
+    pods = data.draw(pod_lists(count=current))
+    unscraped_ready = PodMetrics("w-unscraped", ready=True)
+    snap = data.draw(
+        st.sampled_from(
+            [
+                None,
+                MetricsSnapshot(pods=pods, queue=None),
+                MetricsSnapshot(pods=(*pods, unscraped_ready), queue=QueueMetrics(0)),
+            ]
+        )
+    )
+
+    decision, _ = decide(snap, current, scaling, history)
+
+    assert not decision.metrics_complete
+    assert decision.desired >= current
+
+
+@given(
+    data=st.data(),
+    # A high ceiling, so that backlogs are compared where they still change the answer.
+    scaling=policies(most=1000),
+    history=histories(),
+    extra=st.lists(st.integers(0, 5000), max_size=10),
+)
+def test_more_backlog_never_gives_fewer_replicas(
+    data: st.DataObject, scaling: ScalingSpec, history: ScalingHistory, extra: list[int]
+) -> None:
+    current = data.draw(st.integers(0, 25))
+    pods = data.draw(pod_lists(count=current))
+    age = data.draw(st.floats(0, 1000))
+    # A ladder of backlogs, each decided from the same state: the answers must not go down.
+    ladder = sorted({*range(0, 5001, 20), *extra})
+    decisions = [
+        decide(MetricsSnapshot(pods, QueueMetrics(b, age)), current, scaling, history)[0]
+        for b in ladder
+    ]
+
+    for smaller, larger in itertools.pairwise(decisions):
+        assert smaller.recommendation <= larger.recommendation
+        assert smaller.desired <= larger.desired
+
+
+@settings(max_examples=50)
+@given(
+    scaling=policies(allow_zero=False),
+    data=st.data(),
+    noise=st.lists(st.floats(-0.09, 0.09), min_size=20, max_size=20),
+)
+def test_small_fluctuations_around_a_steady_load_change_nothing(
+    scaling: ScalingSpec, data: st.DataObject, noise: list[float]
+) -> None:
+    replicas = data.draw(st.integers(scaling.min_replicas, scaling.max_replicas))
+    history = ScalingHistory(seconds_per_job=2.0)
+    now = NOW
+    for wobble in noise:
+        # Every worker's slots busy, give or take a few percent.
+        snap = snapshot([CONCURRENCY * (1 + wobble)] * replicas)
+        decision, history = decide(snap, replicas, scaling, history, now=now)
+        assert decision.desired == replicas
+        now += scaling.interval_seconds
+
+
+@settings(max_examples=50)
+@given(scaling=policies(allow_zero=False), data=st.data())
+def test_no_scale_down_below_a_scale_up_within_the_stabilization_window(
+    scaling: ScalingSpec, data: st.DataObject
+) -> None:
+    current = data.draw(st.integers(scaling.min_replicas, scaling.max_replicas))
+    history = ScalingHistory()
+    now = NOW
+    ups: list[tuple[float, int]] = []
+    for _ in range(30):
+        pods = data.draw(pod_lists(count=current, scraped=True))
+        queue = QueueMetrics(data.draw(st.integers(0, 200)))
+        decision, history = decide(MetricsSnapshot(pods, queue), current, scaling, history, now)
+        for at, level in ups:
+            if now - at < scaling.scale_down_stabilization_seconds:
+                assert decision.desired >= level
+        if decision.desired > current:
+            ups.append((now, decision.desired))
+        current = decision.desired
+        now += scaling.interval_seconds
