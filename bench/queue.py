@@ -1,0 +1,781 @@
+"""Queue throughput: docpipe's Postgres queue beside PgQueuer and Procrastinate, measured in one
+run on one embedded Postgres server, each system in its own database, one after the other.
+
+For each system: the time to enqueue N jobs in one batch call, and the time for one consumer to
+drain N no-op jobs (until the database shows every job finished). Figures are jobs per second.
+
+    python bench/queue.py            # a table on stdout
+    python bench/queue.py --json     # one JSON object on stdout; logs go to stderr
+
+See bench/README.md and the "Queue" section of docs/benchmarks.md for how to read the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python bench/queue.py` puts bench/ first on sys.path, where this file would shadow the
+# standard library's `queue` (which asyncio, logging and psycopg import): take bench/ off first.
+if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(
+    os.path.realpath(__file__)
+):
+    del sys.path[0]
+
+import argparse
+import asyncio
+import atexit
+import importlib.metadata
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from prometheus_client import REGISTRY
+
+from docpipe_worker import database
+from docpipe_worker import queue as docpipe_queue
+from docpipe_worker.consumer import Consumer, ConsumerConfig
+from docpipe_worker.database import init_connection
+from docpipe_worker.embedded import start_embedded_postgres
+from docpipe_worker.migrator import migrate
+from docpipe_worker.queue import ClaimedJob, NewJob
+
+log = logging.getLogger("bench.queue")
+
+DEFAULT_JOBS = 20_000
+# Targets the project holds docpipe to (docs/benchmarks.md): drain at least twice PgQueuer's best
+# setting, enqueue at least as fast as PgQueuer.
+TARGET_DRAIN_RATIO = 2.0
+TARGET_ENQUEUE_RATIO = 1.0
+# How often the docpipe drain checks its completion counter: fine enough for drains of seconds,
+# cheap enough (an in-process read, no query) not to slow the consumer it shares the loop with.
+POLL_S = 0.005
+SYSTEMS = ("docpipe", "pgqueuer", "procrastinate")
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One enqueue-then-drain of `jobs` jobs by one system under one setting."""
+
+    system: str
+    setting: str
+    jobs: int
+    enqueue_s: float
+    drain_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enqueue_per_s(self) -> float:
+        return self.jobs / self.enqueue_s
+
+    @property
+    def drain_per_s(self) -> float:
+        return self.jobs / self.drain_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "setting": self.setting,
+            "jobs": self.jobs,
+            "enqueue_s": round(self.enqueue_s, 4),
+            "drain_s": round(self.drain_s, 4),
+            "enqueue_per_s": round(self.enqueue_per_s, 1),
+            "drain_per_s": round(self.drain_per_s, 1),
+            **self.details,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    jobs: int
+    warmup: int
+    timeout_s: float
+    systems: tuple[str, ...]
+    docpipe_concurrency: int
+    docpipe_batch_size: int
+    docpipe_ack_batch: int
+    pgqueuer_batch_sizes: tuple[int, ...]
+    pgqueuer_dequeue_timeout_s: float
+    procrastinate_concurrency: int
+    procrastinate_budget_s: float
+
+
+class BenchmarkError(Exception):
+    """A system did not finish its drain, or the database disagrees with what it reported."""
+
+
+# -- the server and its databases --------------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` (pgserver URLs: postgresql://postgres:@/db?host=/dir)."""
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """A new empty database `name` (dropped first when a reused --data-dir still has it)."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+        await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+async def settle(url: str, tables: Sequence[str]) -> None:
+    """Vacuum what a run left behind and checkpoint, outside any timing, so that the next run
+    does not pay for this one's dead rows or dirty pages."""
+    conn = await asyncpg.connect(url)
+    try:
+        for table in tables:
+            await conn.execute(f"vacuum analyze {table}")
+        await conn.execute("checkpoint")
+    finally:
+        await conn.close()
+
+
+async def server_version(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        version: str = await conn.fetchval("show server_version")
+    finally:
+        await conn.close()
+    return version
+
+
+async def statuses(url: str, sql: str, *args: object) -> dict[str, int]:
+    """`sql` returns (status, count) rows: as a dict."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+async def bounded(what: str, awaitable: Awaitable[Any], timeout_s: float) -> Any:
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except TimeoutError:
+        raise BenchmarkError(f"{what} did not finish within {timeout_s:.0f} s") from None
+
+
+# -- docpipe --------------------------------------------------------------------------------------
+
+
+async def docpipe_noop(_job: ClaimedJob) -> None:
+    return None
+
+
+def docpipe_succeeded(pipeline: str, revision: str) -> float:
+    """Completions the consumer has committed (its own metric: counted after COMMIT returns)."""
+    value = REGISTRY.get_sample_value(
+        "docpipe_jobs_succeeded_total", {"pipeline": pipeline, "revision": revision}
+    )
+    return value or 0.0
+
+
+async def docpipe_once(
+    pool: asyncpg.Pool, url: str, n: int, opts: Options, label: str
+) -> Measurement:
+    pipeline = f"bench-{label}"
+    config = ConsumerConfig(
+        pipeline=pipeline,
+        concurrency=opts.docpipe_concurrency,
+        batch_size=opts.docpipe_batch_size,
+        ack_batch=opts.docpipe_ack_batch,
+        revision=label,
+    )
+    jobs = [NewJob(pipeline=pipeline)] * n
+
+    started = time.perf_counter()
+    ids = await docpipe_queue.enqueue(pool, jobs)
+    enqueue_s = time.perf_counter() - started
+    if len(ids) != n:
+        raise BenchmarkError(f"docpipe enqueued {len(ids)} jobs, expected {n}")
+
+    consumer = Consumer(pool, docpipe_noop, config)
+    started = time.perf_counter()
+    run = asyncio.create_task(consumer.run(), name="docpipe-consumer")
+    deadline = started + opts.timeout_s
+    while docpipe_succeeded(pipeline, label) < n:
+        if run.done():
+            raise BenchmarkError(f"docpipe consumer stopped early: {run.exception()!r}")
+        if time.perf_counter() > deadline:
+            consumer.stop()
+            raise BenchmarkError(f"docpipe drain did not finish within {opts.timeout_s:.0f} s")
+        await asyncio.sleep(POLL_S)
+    drain_s = time.perf_counter() - started
+
+    stopping = time.perf_counter()
+    consumer.stop()
+    await bounded("docpipe Consumer.run() after stop()", run, 30.0)
+    stop_s = time.perf_counter() - stopping
+
+    found = await statuses(
+        url,
+        "select status, count(*) from docpipe.jobs where pipeline = $1 group by status",
+        pipeline,
+    )
+    if found != {"succeeded": n}:
+        raise BenchmarkError(f"docpipe left the jobs in states {found}, expected {n} succeeded")
+    setting = (
+        f"concurrency={config.concurrency} batch_size={config.batch_size} "
+        f"ack_batch={config.ack_batch}"
+    )
+    return Measurement(
+        "docpipe",
+        setting,
+        n,
+        enqueue_s,
+        drain_s,
+        {
+            "concurrency": config.concurrency,
+            "batch_size": config.batch_size,
+            "ack_batch": config.ack_batch,
+            "ack_interval_s": config.ack_interval_s,
+            "lease_s": config.lease_s,
+            "heartbeat_s": config.heartbeat_s,
+            "rescue_interval_s": config.rescue_interval_s,
+            "pool_max_size": pool.get_max_size(),
+            "stop_s": round(stop_s, 4),
+        },
+    )
+
+
+async def bench_docpipe(admin_url: str, opts: Options) -> list[Measurement]:
+    url = await create_database(admin_url, "bench_docpipe")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    # The headline row runs on the server's session defaults, as PgQueuer and Procrastinate do.
+    # A second row runs on the session settings `docpipe worker` gives its pool, when it has any
+    # (e.g. synchronous_commit=off): what a deployed worker gets, not part of the comparison.
+    sessions: list[tuple[str, dict[str, str] | None]] = [("default session", None)]
+    worker_session: dict[str, str] | None = getattr(database, "WORKER_SESSION", None)
+    if worker_session:
+        sessions.append(("worker session", dict(worker_session)))
+    results: list[Measurement] = []
+    for k, (name, server_settings) in enumerate(sessions):
+        # As docpipe's create_pool builds it (its codecs on every connection), with the session.
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=10, init=init_connection, server_settings=server_settings
+        )
+        assert pool is not None
+        try:
+            if opts.warmup:
+                log.info("docpipe (%s): warm-up with %d jobs", name, opts.warmup)
+                await docpipe_once(pool, url, opts.warmup, opts, f"warmup{k}")
+            await settle(url, ["docpipe.jobs"])
+            log.info("docpipe (%s): %d jobs", name, opts.jobs)
+            result = await docpipe_once(pool, url, opts.jobs, opts, f"measured{k}")
+        finally:
+            await pool.close()
+        settings_text = ", ".join(f"{key}={v}" for key, v in (server_settings or {}).items())
+        label = f"{name}{' (' + settings_text + ')' if settings_text else ''}"
+        result = Measurement(
+            result.system,
+            f"{result.setting}, {label}",
+            result.jobs,
+            result.enqueue_s,
+            result.drain_s,
+            {**result.details, "session": name, "server_settings": server_settings or {}},
+        )
+        log.info(
+            "docpipe (%s): enqueue %.0f jobs/s, drain %.0f jobs/s",
+            name,
+            result.enqueue_per_s,
+            result.drain_per_s,
+        )
+        results.append(result)
+        await settle(url, ["docpipe.jobs"])
+    return results
+
+
+# -- PgQueuer -------------------------------------------------------------------------------------
+
+PGQUEUER_ENTRYPOINT = "bench_noop"
+
+
+async def pgqueuer_once(url: str, n: int, batch_size: int, opts: Options) -> Measurement:
+    from pgqueuer import QueueManager
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.models import Job
+    from pgqueuer.queries import Queries
+    from pgqueuer.types import QueueExecutionMode
+
+    conn = await asyncpg.connect(url)
+    try:
+        queries = Queries(AsyncpgDriver(conn))
+        qm = QueueManager(queries)
+
+        # Unlimited concurrency (0) and the default executor, as in PgQueuer's own benchmark.
+        @qm.entrypoint(PGQUEUER_ENTRYPOINT, concurrency_limit=0)
+        async def noop(_job: Job) -> None:
+            return None
+
+        await queries.clear_queue()
+        await queries.clear_queue_log()
+        await queries.clear_statistics_log()
+        entrypoints = [PGQUEUER_ENTRYPOINT] * n
+        payloads: list[bytes | None] = [None] * n
+        priorities = [0] * n
+
+        started = time.perf_counter()
+        ids = await qm.queries.enqueue(entrypoints, payloads, priorities)
+        enqueue_s = time.perf_counter() - started
+        if len(ids) != n:
+            raise BenchmarkError(f"PgQueuer enqueued {len(ids)} jobs, expected {n}")
+
+        dequeue_timeout = timedelta(seconds=opts.pgqueuer_dequeue_timeout_s)
+        started = time.perf_counter()
+        # Drain mode returns once the queue is empty, its tasks are done and its status-log
+        # buffer is flushed: at that point the database shows every job finished.
+        await bounded(
+            "PgQueuer drain",
+            qm.run(
+                batch_size=batch_size,
+                mode=QueueExecutionMode.drain,
+                dequeue_timeout=dequeue_timeout,
+                max_concurrent_tasks=None,
+            ),
+            opts.timeout_s,
+        )
+        drain_s = time.perf_counter() - started
+    finally:
+        await conn.close()
+
+    left = await statuses(url, "select status::text, count(*) from pgqueuer group by status")
+    logged = await statuses(url, "select status::text, count(*) from pgqueuer_log group by status")
+    if left or logged.get("successful") != n:
+        raise BenchmarkError(
+            f"PgQueuer left {left} in the queue and logged {logged}, expected {n} successful"
+        )
+    return Measurement(
+        "PgQueuer",
+        f"batch_size={batch_size}",
+        n,
+        enqueue_s,
+        drain_s,
+        {
+            "batch_size": batch_size,
+            "dequeue_timeout_s": opts.pgqueuer_dequeue_timeout_s,
+            "max_concurrent_tasks": None,
+            "entrypoint_concurrency_limit": 0,
+            "driver": "AsyncpgDriver (one connection)",
+        },
+    )
+
+
+async def bench_pgqueuer(admin_url: str, opts: Options) -> list[Measurement]:
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    url = await create_database(admin_url, "bench_pgqueuer")
+    conn = await asyncpg.connect(url)
+    try:
+        await Queries(AsyncpgDriver(conn)).install()
+    finally:
+        await conn.close()
+    tables = ["pgqueuer", "pgqueuer_log", "pgqueuer_statistics"]
+    if opts.warmup:
+        log.info("PgQueuer: warm-up with %d jobs", opts.warmup)
+        await pgqueuer_once(url, opts.warmup, opts.pgqueuer_batch_sizes[0], opts)
+    results: list[Measurement] = []
+    for batch_size in opts.pgqueuer_batch_sizes:
+        await settle(url, tables)
+        log.info("PgQueuer: %d jobs, batch_size=%d", opts.jobs, batch_size)
+        result = await pgqueuer_once(url, opts.jobs, batch_size, opts)
+        log.info(
+            "PgQueuer batch_size=%d: enqueue %.0f jobs/s, drain %.0f jobs/s",
+            batch_size,
+            result.enqueue_per_s,
+            result.drain_per_s,
+        )
+        results.append(result)
+    await settle(url, tables)
+    return results
+
+
+# -- Procrastinate --------------------------------------------------------------------------------
+
+PROCRASTINATE_QUEUE = "bench"
+
+
+async def procrastinate_once(
+    url: str, app: Any, task: Any, n: int, opts: Options, label: str
+) -> Measurement:
+    started = time.perf_counter()
+    ids = await task.batch_defer_async(*({} for _ in range(n)))
+    enqueue_s = time.perf_counter() - started
+    if len(ids) != n:
+        raise BenchmarkError(f"Procrastinate enqueued {len(ids)} jobs, expected {n}")
+
+    started = time.perf_counter()
+    # wait=False: the worker returns once it has caught up with the queue and its jobs are done.
+    await bounded(
+        "Procrastinate drain",
+        app.run_worker_async(
+            queues=[PROCRASTINATE_QUEUE],
+            wait=False,
+            concurrency=opts.procrastinate_concurrency,
+            install_signal_handlers=False,
+            listen_notify=True,
+        ),
+        opts.timeout_s,
+    )
+    drain_s = time.perf_counter() - started
+
+    found = await statuses(
+        url,
+        "select status::text, count(*) from procrastinate_jobs where id = any($1::bigint[])"
+        " group by status",
+        list(ids),
+    )
+    if found != {"succeeded": n}:
+        raise BenchmarkError(f"Procrastinate left the jobs in states {found} ({label})")
+    return Measurement(
+        "Procrastinate",
+        f"concurrency={opts.procrastinate_concurrency}",
+        n,
+        enqueue_s,
+        drain_s,
+        {"concurrency": opts.procrastinate_concurrency},
+    )
+
+
+async def bench_procrastinate(admin_url: str, opts: Options) -> list[Measurement]:
+    import procrastinate
+
+    url = await create_database(admin_url, "bench_procrastinate")
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(name="bench_noop", queue=PROCRASTINATE_QUEUE)
+    async def noop() -> None:
+        return None
+
+    tables = ["procrastinate_jobs", "procrastinate_events"]
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        # Always run a first, small drain: a warm-up, and the rate that decides whether the full
+        # N fits in the time budget (Procrastinate claims one job per query).
+        probe_n = max(opts.warmup, min(opts.jobs, 500))
+        log.info("Procrastinate: warm-up/probe with %d jobs", probe_n)
+        probe = await procrastinate_once(url, app, noop, probe_n, opts, "probe")
+        n = opts.jobs
+        if n / probe.drain_per_s > opts.procrastinate_budget_s:
+            # A third of the budget: the probe's rate is rough, and jobs/s is what is compared.
+            n = max(probe_n, int(probe.drain_per_s * opts.procrastinate_budget_s / 3))
+            log.info(
+                "Procrastinate: %d jobs would take about %.0f s at %.0f jobs/s; draining %d",
+                opts.jobs,
+                opts.jobs / probe.drain_per_s,
+                probe.drain_per_s,
+                n,
+            )
+        await settle(url, tables)
+        log.info("Procrastinate: %d jobs", n)
+        result = await procrastinate_once(url, app, noop, n, opts, "measured")
+    log.info(
+        "Procrastinate: enqueue %.0f jobs/s, drain %.0f jobs/s",
+        result.enqueue_per_s,
+        result.drain_per_s,
+    )
+    await settle(url, tables)
+    if n == opts.jobs:
+        return [result]
+    details = {**result.details, "reduced_from": opts.jobs, "probe_drain_per_s": probe.drain_per_s}
+    return [
+        Measurement(
+            result.system,
+            f"{result.setting} (N reduced to {n})",
+            n,
+            result.enqueue_s,
+            result.drain_s,
+            details,
+        )
+    ]
+
+
+# -- the run and its report -----------------------------------------------------------------------
+
+BENCHES: dict[str, Callable[[str, Options], Awaitable[list[Measurement]]]] = {
+    "docpipe": bench_docpipe,
+    "pgqueuer": bench_pgqueuer,
+    "procrastinate": bench_procrastinate,
+}
+
+
+async def run_all(admin_url: str, opts: Options) -> list[Measurement]:
+    results: list[Measurement] = []
+    for system in opts.systems:
+        results += await BENCHES[system](admin_url, opts)
+    return results
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summarize(
+    results: list[Measurement], opts: Options, postgres: str, loop: str
+) -> dict[str, Any]:
+    """The JSON report: headline figures first, then every measurement and the settings."""
+
+    def pick(system: str) -> list[Measurement]:
+        return [r for r in results if r.system == system]
+
+    docpipe, pgq, procr = pick("docpipe"), pick("PgQueuer"), pick("Procrastinate")
+    best_pgq = max(pgq, key=lambda r: r.drain_per_s) if pgq else None
+    # The first docpipe row runs on the same session settings as the other systems.
+    docpipe_drain = docpipe[0].drain_per_s if docpipe else None
+    docpipe_enqueue = docpipe[0].enqueue_per_s if docpipe else None
+    worker = docpipe[1] if len(docpipe) > 1 else None
+    pgq_drain = best_pgq.drain_per_s if best_pgq else None
+    # The best of PgQueuer's enqueues: the stricter reference for docpipe's enqueue target.
+    pgq_enqueue = max(r.enqueue_per_s for r in pgq) if pgq else None
+    drain_ratio = ratio(docpipe_drain, pgq_drain)
+    enqueue_ratio = ratio(docpipe_enqueue, pgq_enqueue)
+
+    def rounded(x: float | None) -> float | None:
+        return round(x, 1) if x is not None else None
+
+    return {
+        "jobs": opts.jobs,
+        "docpipe_drain_per_s": rounded(docpipe_drain),
+        "pgqueuer_drain_per_s": rounded(pgq_drain),
+        "procrastinate_drain_per_s": rounded(procr[0].drain_per_s if procr else None),
+        "docpipe_enqueue_per_s": rounded(docpipe_enqueue),
+        "pgqueuer_enqueue_per_s": rounded(pgq_enqueue),
+        "procrastinate_enqueue_per_s": rounded(procr[0].enqueue_per_s if procr else None),
+        "docpipe_worker_session_drain_per_s": rounded(worker.drain_per_s if worker else None),
+        "drain_ratio_docpipe_vs_pgqueuer": drain_ratio,
+        "enqueue_ratio_docpipe_vs_pgqueuer": enqueue_ratio,
+        "pgqueuer_best_setting": best_pgq.setting if best_pgq else None,
+        "pgqueuer_drain_per_s_by_batch_size": {
+            str(r.details["batch_size"]): round(r.drain_per_s, 1) for r in pgq
+        },
+        "pgqueuer_enqueue_per_s_by_batch_size": {
+            str(r.details["batch_size"]): round(r.enqueue_per_s, 1) for r in pgq
+        },
+        "procrastinate_jobs": procr[0].jobs if procr else None,
+        "targets": {
+            "drain_ratio_min": TARGET_DRAIN_RATIO,
+            "drain_met": drain_ratio is not None and drain_ratio >= TARGET_DRAIN_RATIO,
+            "enqueue_ratio_min": TARGET_ENQUEUE_RATIO,
+            "enqueue_met": enqueue_ratio is not None and enqueue_ratio >= TARGET_ENQUEUE_RATIO,
+        },
+        "runs": [r.as_dict() for r in results],
+        "settings": {
+            "warmup_jobs": opts.warmup,
+            "docpipe": {
+                "concurrency": opts.docpipe_concurrency,
+                "batch_size": opts.docpipe_batch_size,
+                "ack_batch": opts.docpipe_ack_batch,
+            },
+            "pgqueuer": {
+                "batch_sizes": list(opts.pgqueuer_batch_sizes),
+                "dequeue_timeout_s": opts.pgqueuer_dequeue_timeout_s,
+            },
+            "procrastinate": {
+                "concurrency": opts.procrastinate_concurrency,
+                "budget_s": opts.procrastinate_budget_s,
+            },
+            "event_loop": loop,
+        },
+        "versions": {
+            "postgres": postgres,
+            "python": platform.python_version(),
+            **{
+                name: importlib.metadata.version(name)
+                for name in ("docpipe", "pgqueuer", "procrastinate", "asyncpg", "psycopg")
+            },
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [("system", "setting", "jobs", "enqueue jobs/s", "drain jobs/s", "drain / best PgQ")]
+    best = report["pgqueuer_drain_per_s"]
+    for r in report["runs"]:
+        vs = f"{r['drain_per_s'] / best:.2f}x" if best else "-"
+        rows.append(
+            (
+                r["system"],
+                r["setting"],
+                f"{r['jobs']:,}",
+                f"{r['enqueue_per_s']:,.0f}",
+                f"{r['drain_per_s']:,.0f}",
+                vs,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    v, t = report["versions"], report["targets"]
+    lines.append("")
+    lines.append(
+        f"postgres {v['postgres']}, pgqueuer {v['pgqueuer']}, procrastinate {v['procrastinate']},"
+        f" python {v['python']} ({report['settings']['event_loop']} loop),"
+        f" {report['machine']['cpus']} cpus"
+    )
+
+    def verdict(name: str, value: float | None, minimum: float, met: bool) -> str:
+        if value is None:
+            return f"{name}: not measured"
+        return f"{name}: {value:.2f}x (target >= {minimum:g}x: {'met' if met else 'NOT met'})"
+
+    lines.append(
+        verdict(
+            "docpipe drain / best PgQueuer",
+            report["drain_ratio_docpipe_vs_pgqueuer"],
+            t["drain_ratio_min"],
+            t["drain_met"],
+        )
+    )
+    lines.append(
+        verdict(
+            "docpipe enqueue / best PgQueuer",
+            report["enqueue_ratio_docpipe_vs_pgqueuer"],
+            t["enqueue_ratio_min"],
+            t["enqueue_met"],
+        )
+    )
+    return "\n".join(lines)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(positive_int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas: {exc}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def system_list(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip().lower() for x in text.split(",") if x.strip())
+    unknown = [x for x in names if x not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown system {unknown}; choose from {SYSTEMS}")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--jobs", type=positive_int, default=DEFAULT_JOBS, help="jobs per drain")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the embedded server's data dir (default: a fresh temporary one, deleted after)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1000,
+        help="jobs enqueued and drained, untimed, before each system's runs (0: none)",
+    )
+    p.add_argument("--timeout-s", type=float, default=300.0, help="give up on a drain after this")
+    p.add_argument("--systems", type=system_list, default=SYSTEMS, help="comma-separated subset")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--docpipe-concurrency", type=positive_int, default=1000)
+    p.add_argument("--docpipe-batch-size", type=positive_int, default=500)
+    p.add_argument("--docpipe-ack-batch", type=positive_int, default=500)
+    p.add_argument("--pgqueuer-batch-sizes", type=int_list, default=(100, 500))
+    p.add_argument("--pgqueuer-dequeue-timeout-s", type=float, default=0.1)
+    p.add_argument("--procrastinate-concurrency", type=positive_int, default=100)
+    p.add_argument(
+        "--procrastinate-budget-s",
+        type=float,
+        default=180.0,
+        help="drain fewer jobs when the full N would take longer than this",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    log.setLevel(logging.INFO)
+    # It warns that the App lives in __main__, which matters only to its CLI's task discovery.
+    logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)
+    opts = Options(
+        jobs=args.jobs,
+        warmup=max(0, args.warmup),
+        timeout_s=args.timeout_s,
+        systems=args.systems,
+        docpipe_concurrency=args.docpipe_concurrency,
+        docpipe_batch_size=args.docpipe_batch_size,
+        docpipe_ack_batch=args.docpipe_ack_batch,
+        pgqueuer_batch_sizes=args.pgqueuer_batch_sizes,
+        pgqueuer_dequeue_timeout_s=args.pgqueuer_dequeue_timeout_s,
+        procrastinate_concurrency=args.procrastinate_concurrency,
+        procrastinate_budget_s=args.procrastinate_budget_s,
+    )
+
+    data_dir: Path = args.data_dir
+    if data_dir is None:
+        data_dir = Path(tempfile.mkdtemp(prefix="docpipe-bench-"))
+        # Registered before the server starts, so it runs after pgserver's own exit hook that
+        # stops the server (atexit runs hooks last-in, first-out).
+        atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+    log.info("starting the embedded postgres in %s", data_dir)
+    admin_url = start_embedded_postgres(data_dir)
+
+    async def go() -> dict[str, Any]:
+        postgres = await server_version(admin_url)
+        results = await run_all(admin_url, opts)
+        return summarize(results, opts, postgres, args.loop)
+
+    try:
+        if args.loop == "uvloop":
+            import uvloop
+
+            report = uvloop.run(go())
+        else:
+            report = asyncio.run(go())
+    except BenchmarkError as exc:
+        log.error("benchmark failed: %s", exc)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
