@@ -23,7 +23,7 @@ async def test_migrate_builds_the_schema_on_an_empty_database(empty_database_url
         hnsw = await conn.fetchval(
             "select indexdef from pg_indexes where indexname = 'chunks_embedding_hnsw'"
         )
-        assert "using hnsw (embedding vector_cosine_ops)" in hnsw
+        assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
     finally:
         await conn.close()
 
@@ -90,5 +90,34 @@ async def test_database_migrated_by_a_newer_docpipe_is_refused(empty_database_ur
         await migrate(conn, newer)
         with pytest.raises(MigrationError, match="newer docpipe"):
             await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def test_embedding_dimension_is_chosen_when_the_schema_is_created(
+    empty_database_url: str,
+) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, embedding_dimensions=1536)
+        typmod = await conn.fetchval(
+            "select atttypmod from pg_attribute"
+            " where attrelid = 'docpipe.chunks'::regclass and attname = 'embedding'"
+        )
+        assert typmod == 1536
+        # Later runs with another choice change nothing and are not a checksum mismatch.
+        assert await migrate(conn, embedding_dimensions=256) == []
+    finally:
+        await conn.close()
+
+
+async def test_embedding_dimension_beyond_the_hnsw_limit_is_refused(
+    empty_database_url: str,
+) -> None:
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        with pytest.raises(MigrationError, match=r"within 1\.\.2000"):
+            await migrate(conn, embedding_dimensions=3072)
+        assert await conn.fetchval("select to_regclass('docpipe.schema_migrations')") is None
     finally:
         await conn.close()

@@ -20,6 +20,7 @@ from docpipe_worker.consumer import Consumer, ConsumerConfig
 from docpipe_worker.documents import add_document
 from docpipe_worker.embeddings import OpenAIEmbedder
 from docpipe_worker.llamaparse import LlamaParseClient
+from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS
 from docpipe_worker.parsers import LocalParser
 from docpipe_worker.pipeline import (
     ChunkingConfig,
@@ -30,7 +31,7 @@ from docpipe_worker.pipeline import (
 from docpipe_worker.retry import RetryPolicy
 from tests.samples import docx_bytes, html_bytes, markdown_bytes, pdf_bytes
 
-DIMS = 1536
+DIMS = DEFAULT_EMBEDDING_DIMENSIONS
 PARAGRAPHS = [
     "Harbour seals rest on sandbanks at low tide and hunt flatfish when the water returns.",
     "Volunteers count the seals every August from the dunes with binoculars and notebooks.",
@@ -310,6 +311,6 @@ async def test_empty_document_goes_dead_at_once(stack: Stack) -> None:
 
 
 async def test_dimension_that_does_not_fit_the_column_is_refused_at_start(stack: Stack) -> None:
-    with pytest.raises(DimensionMismatchError, match=r"holds vector\(1536\)"):
-        await stack.pipeline(dimensions=768).check_dimensions()
+    with pytest.raises(DimensionMismatchError, match=rf"holds vector\({DIMS}\); set it to {DIMS}"):
+        await stack.pipeline(dimensions=DIMS * 2).check_dimensions()
     await stack.pipeline().check_dimensions()

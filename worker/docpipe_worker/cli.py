@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,7 +15,7 @@ from docpipe_worker import queue
 from docpipe_worker.database import resolve_database_url
 from docpipe_worker.errors import PermanentError, StartupError
 from docpipe_worker.logs import configure_logging
-from docpipe_worker.migrator import MigrationError, migrate
+from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MigrationError, migrate
 from docpipe_worker.settings import SettingsError
 
 
@@ -37,7 +38,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     async def run() -> list[str]:
         conn = await _connect(args.database_url)
         try:
-            return await migrate(conn)
+            return await migrate(conn, embedding_dimensions=args.embedding_dimensions)
         finally:
             await conn.close()
 
@@ -101,6 +102,7 @@ def cmd_mocks(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from docpipe_mocks.faults import FaultConfig, ServiceFaults
+    from docpipe_mocks.llamaparse import LlamaParseSettings
     from docpipe_mocks.server import MockConfig, run
 
     try:
@@ -116,13 +118,16 @@ def cmd_mocks(args: argparse.Namespace) -> int:
                 malformed_rate=args.malformed_rate,
             )
             faults = FaultConfig(seed=args.seed, llamaparse=each, openai=each)
+        config = MockConfig(
+            faults=faults, llamaparse=LlamaParseSettings(pending_polls=args.pending_polls)
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'faults'}: {e['msg']}" for e in exc.errors()
         )
-        raise UsageError(f"invalid fault settings: {problems}") from None
+        raise UsageError(f"invalid mock settings: {problems}") from None
     configure_logging(json_logs=False)
-    run(args.host, args.port, MockConfig(faults=faults))
+    run(args.host, args.port, config)
     return 0
 
 
@@ -196,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="apply database migrations (idempotent)")
+    p.add_argument(
+        "--embedding-dimensions",
+        type=int,
+        default=int(os.environ.get("DOCPIPE_EMBEDDING_DIMENSIONS", DEFAULT_EMBEDDING_DIMENSIONS)),
+        help="vector size of a new database's chunks (default: $DOCPIPE_EMBEDDING_DIMENSIONS or "
+        f"{DEFAULT_EMBEDDING_DIMENSIONS}); ignored once the schema exists",
+    )
     _database_arg(p)
     p.set_defaults(func=cmd_migrate)
 
@@ -220,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share with a broken body")
     p.add_argument("--seed", type=int, default=0, help="makes the fault sequence reproducible")
     p.add_argument("--faults-json", help="the whole fault configuration as JSON (per service)")
+    p.add_argument(
+        "--pending-polls", type=int, default=1, help="LlamaParse polls answered PENDING first"
+    )
     p.set_defaults(func=cmd_mocks)
 
     p = sub.add_parser("dev", help="run Postgres, mocks and workers locally (Ctrl-C stops)")

@@ -31,10 +31,28 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         await register_vector(conn)
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+# Session settings of the worker's connections. A worker's transactions (claims, completions,
+# a document's chunks together with its job's completion) may be lost in a database crash without
+# losing work: the job is then still leased, its lease expires and it runs again. So they need not
+# wait for the WAL flush, which on slow disks is most of a store's time (ADR 0003). Connections
+# that accept work from users (enqueue, upload) keep the server's synchronous commit.
+WORKER_SESSION = {"synchronous_commit": "off"}
+
+
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
     """A connection pool with docpipe's codecs on every connection."""
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=init_connection
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        server_settings=server_settings,
     )
     assert pool is not None  # asyncpg types create_pool as optional for its awaitable form
     return pool

@@ -4,6 +4,7 @@ transaction, so a document's chunks change only under a lease the worker still h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
+from pgvector import Vector
 
-from docpipe_worker import metrics, queue
+from docpipe_worker import metrics
 from docpipe_worker.chunking import Chunk, chunk_markdown
 from docpipe_worker.consumer import Outcome
 from docpipe_worker.errors import LeaseLostError, PermanentError, TransientError
@@ -73,6 +75,7 @@ class IngestPipeline:
         chunking: ChunkingConfig,
         dimensions: int,
         revision: str,
+        store_concurrency: int = 2,
     ) -> None:
         self.pool = pool
         self.parser = parser
@@ -80,6 +83,9 @@ class IngestPipeline:
         self.chunking = chunking
         self.dimensions = dimensions
         self.revision = revision
+        # pgvector's HNSW inserts contend for the graph's pages: a few writers at a time store
+        # faster than every job at once.
+        self._store_slots = asyncio.Semaphore(store_concurrency)
 
     async def check_dimensions(self) -> None:
         """Refuse to start when the configured dimension does not fit the database column."""
@@ -113,7 +119,8 @@ class IngestPipeline:
             vectors = await self.embedder.embed([c.text for c in chunks])
         self._check_vectors(vectors, len(chunks))
         with timer.stage("store"):
-            await self._store(job, doc, chunks, vectors)
+            async with self._store_slots:
+                await self._store(job, doc, chunks, vectors)
         log.info(
             "document processed",
             extra={
@@ -156,54 +163,62 @@ class IngestPipeline:
         chunks: Sequence[Chunk],
         vectors: Sequence[Sequence[float]],
     ) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Lock the job row under our lease first: a cancel or rescue that got there before
-            # us wins, and one that comes after waits for this transaction.
-            held = await conn.fetchval(
-                "select 1 from docpipe.jobs where id = $1 and lease_token = $2"
-                " and status = 'running' for update",
-                job.id,
-                job.lease.token,
-            )
-            if held is None:
-                raise LeaseLostError(f"job {job.id} lost its lease before its chunks were stored")
-            await conn.execute("delete from docpipe.chunks where document_id = $1", job.document_id)
-            await conn.copy_records_to_table(
-                "chunks",
-                schema_name="docpipe",
-                columns=[
-                    "document_id",
-                    "pipeline",
-                    "owner",
-                    "ordinal",
-                    "content",
-                    "heading",
-                    "char_start",
-                    "char_end",
-                    "embedding",
-                ],
-                records=[
-                    (
-                        job.document_id,
-                        job.pipeline,
-                        doc.owner,
-                        c.ordinal,
-                        c.text,
-                        c.heading,
-                        c.char_start,
-                        c.char_end,
-                        vector,
-                    )
-                    for c, vector in zip(chunks, vectors, strict=True)
-                ],
-            )
-            await conn.execute(
-                "update docpipe.documents set status = 'processed', chunk_count = $2, error = null,"
-                " processed_at = now(), updated_at = now() where id = $1",
-                job.document_id,
-                len(chunks),
-            )
-            await queue.complete(conn, [job.lease])
+        # One statement, so one round trip and atomic by itself: it takes the job row under our
+        # lease (a cancel or rescue that got there first wins; one that comes later waits),
+        # replaces the document's chunks, marks the document processed and completes the job.
+        stored = await self.pool.fetchval(
+            STORE,
+            job.id,
+            job.lease.token,
+            job.document_id,
+            job.pipeline,
+            doc.owner,
+            [c.ordinal for c in chunks],
+            [c.text for c in chunks],
+            [c.heading for c in chunks],
+            [c.char_start for c in chunks],
+            [c.char_end for c in chunks],
+            [Vector(list(v)) for v in vectors],
+        )
+        if stored is None:
+            raise LeaseLostError(f"job {job.id} lost its lease before its chunks were stored")
+
+
+# The insert reads the delete's output, which makes Postgres finish the delete first: the new
+# chunks never meet the old ones in the unique index.
+STORE = """
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and exists (select 1 from held)
+    returning 1
+),
+inserted as (
+    insert into docpipe.chunks
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+    from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
+        as c(ordinal, content, heading, char_start, char_end, embedding)
+    where exists (select 1 from held) and (select count(*) from removed) >= 0
+    returning 1
+),
+document as (
+    update docpipe.documents
+    set status = 'processed', chunk_count = (select count(*) from inserted), error = null,
+        processed_at = now(), updated_at = now()
+    where id = $3 and exists (select 1 from held)
+),
+completed as (
+    update docpipe.jobs
+    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
+    where id in (select id from held)
+)
+select (select count(*) from inserted) from held
+"""
 
 
 class _StageTimer:

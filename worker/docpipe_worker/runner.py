@@ -14,7 +14,7 @@ from aiohttp import web
 
 from docpipe_worker import metrics, queue
 from docpipe_worker.consumer import Consumer, ConsumerConfig
-from docpipe_worker.database import create_pool, resolve_database_url
+from docpipe_worker.database import WORKER_SESSION, create_pool, resolve_database_url
 from docpipe_worker.embeddings import OpenAIEmbedder
 from docpipe_worker.errors import StartupError
 from docpipe_worker.health import HealthState, build_health_app
@@ -42,6 +42,7 @@ def build_parser(settings: WorkerSettings, session: aiohttp.ClientSession) -> Pa
             session,
             api_key=_secret(settings.llama_cloud_api_key),
             base_url=settings.llamaparse_base_url,
+            poll_interval=settings.llamaparse_poll_seconds,
             request_timeout=settings.request_timeout_seconds,
         )
     return LocalParser()
@@ -55,6 +56,7 @@ def build_embedder(settings: WorkerSettings, session: aiohttp.ClientSession) -> 
         dimensions=settings.embedding_dimensions,
         base_url=settings.openai_base_url,
         max_batch_inputs=settings.embedding_batch_size,
+        max_concurrency=settings.embedding_concurrency or settings.concurrency,
         request_timeout=settings.request_timeout_seconds,
     )
 
@@ -80,7 +82,12 @@ async def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -
     """Run until SIGTERM/SIGINT, then drain within the grace period and return."""
     metrics.BUILD_INFO.info({"version": _version(), "revision": settings.revision})
     url = resolve_database_url(settings.database_url)
-    pool = await create_pool(url, min_size=2, max_size=min(settings.concurrency, 32) + 4)
+    pool = await create_pool(
+        url,
+        min_size=2,
+        max_size=min(settings.concurrency, 32) + 4,
+        server_settings=WORKER_SESSION,
+    )
     try:
         async with pool.acquire() as conn:
             pending = await pending_migrations(conn)

@@ -11,6 +11,8 @@ from typing import Literal, TypeVar
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
+
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 LLAMAPARSE_DEFAULT_URL = "https://api.cloud.llamaindex.ai"
 
@@ -47,14 +49,19 @@ class WorkerSettings(BaseSettings):
     llamaparse_base_url: str = Field(
         LLAMAPARSE_DEFAULT_URL, validation_alias=_env("LLAMAPARSE_BASE_URL")
     )
+    llamaparse_poll_seconds: float = Field(1.0, gt=0, le=60)
     llama_cloud_api_key: SecretStr | None = Field(
         None, validation_alias=_env("LLAMA_CLOUD_API_KEY")
     )
     openai_base_url: str = Field(OPENAI_DEFAULT_URL, validation_alias=_env("OPENAI_BASE_URL"))
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     embedding_model: str = "text-embedding-3-small"
-    embedding_dimensions: int = Field(1536, ge=1, le=2000)
+    embedding_dimensions: int = Field(
+        DEFAULT_EMBEDDING_DIMENSIONS, ge=1, le=MAX_EMBEDDING_DIMENSIONS
+    )
     embedding_batch_size: int = Field(256, ge=1, le=2048)
+    # Embedding requests in flight at once across the worker's jobs (default: its concurrency).
+    embedding_concurrency: int | None = Field(None, ge=1, le=1024)
     request_timeout_seconds: float = Field(30.0, gt=0, le=600)
 
     chunk_max_chars: int = Field(1500, ge=100, le=100_000)

@@ -23,7 +23,7 @@ returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.
 update docpipe.jobs j
 set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
 from unnest($1::bigint[], $2::uuid[]) as l(id, token)
-where j.id = l.id and j.lease_token = l.token and j.status = 'running'
+where j.id = l.id and j.lease_token = l.token
 returning j.id;
 
 -- ENQUEUE

@@ -24,8 +24,8 @@ create table docpipe.documents (
 create unique index documents_identity on docpipe.documents (pipeline, owner, sha256);
 create index documents_owner_listing on docpipe.documents (owner, pipeline, created_at desc, id);
 
--- The embedding dimension is fixed per database because an HNSW index needs a fixed dimension.
--- OpenAI's text-embedding-3 models return 1536 dimensions when asked (`dimensions`); see ADR 0002.
+-- The embedding dimension is fixed per database because an HNSW index needs a fixed dimension;
+-- `docpipe migrate --embedding-dimensions N` chooses it when the database is created (ADR 0002).
 create table docpipe.chunks (
     id bigint generated always as identity primary key,
     document_id uuid not null references docpipe.documents (id) on delete cascade,
@@ -36,7 +36,7 @@ create table docpipe.chunks (
     heading text,
     char_start integer not null,
     char_end integer not null,
-    embedding vector(1536) not null,
+    embedding vector({{embedding_dimensions}}) not null,
     unique (document_id, ordinal)
 );
 create index chunks_embedding_hnsw on docpipe.chunks using hnsw (embedding vector_cosine_ops);
