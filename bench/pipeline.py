@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (imports follow the sys.path fix below, on purpose)
 """Pipeline benchmark: the whole system on this machine (embedded Postgres, the mock services and
 worker processes) ingesting ~4 KB markdown documents.
 
