@@ -95,6 +95,8 @@ class Consumer:
         self.last_db_contact = 0.0
         self._running: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
         self._acks: list[Lease] = []
+        # One flush at a time: the final flush in run()/drain() waits for the ack loop's.
+        self._flush_lock = asyncio.Lock()
         self._ack_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -293,19 +295,24 @@ class Consumer:
                 self._ack_ready.set()
 
     async def _flush_acks(self) -> None:
-        while self._acks:
-            batch = self._acks[: self.config.ack_batch]
-            del self._acks[: len(batch)]
-            try:
-                done = await queue.complete(self.pool, batch)
-            except Exception as exc:
-                self._acks[:0] = batch  # keep them: completed work is not thrown away
-                await self._on_db_error("complete", exc)
-                return
-            self._on_db_ok()
-            self._m_succeeded.inc(len(done))
-            if len(done) < len(batch):
-                self._m_lost.inc(len(batch) - len(done))
+        async with self._flush_lock:
+            while self._acks:
+                batch = self._acks[: self.config.ack_batch]
+                del self._acks[: len(batch)]
+                try:
+                    done = await queue.complete(self.pool, batch)
+                except BaseException as exc:
+                    # Keep them (completed work is not thrown away), also when cancelled mid-way:
+                    # a completion that did reach the server makes the retry a no-op.
+                    self._acks[:0] = batch
+                    if not isinstance(exc, Exception):
+                        raise
+                    await self._on_db_error("complete", exc)
+                    return
+                self._on_db_ok()
+                self._m_succeeded.inc(len(done))
+                if len(done) < len(batch):
+                    self._m_lost.inc(len(batch) - len(done))
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config

@@ -9,11 +9,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from docpipe_worker import queue
 from docpipe_worker.consumer import Consumer, ConsumerConfig
@@ -245,7 +246,11 @@ async def test_notify_wakes_an_idle_consumer_well_before_its_poll(pool: asyncpg.
             await queue.enqueue(pool, [NewJob(pipeline="p")])
             latencies.append(await asyncio.wait_for(picked.get(), 5) - sent)
             await asyncio.sleep(0.2)
-    assert max(latencies) < 0.1, latencies
+    # The poll is 10 s away: every pick-up must come from the notification. One slow commit
+    # on a loaded CI machine may take a few hundred ms, so the bound on the typical case is tight
+    # and the bound on the worst is loose.
+    assert sorted(latencies)[len(latencies) // 2] < 0.1, latencies
+    assert max(latencies) < 1.0, latencies
 
 
 async def test_drain_finishes_short_jobs_and_releases_long_ones_at_once(
@@ -286,3 +291,30 @@ async def test_claim_never_exceeds_concurrency(pool: asyncpg.Pool) -> None:
     async with running(consumer):
         await wait_until(all_finished(pool), timeout_s=10)
     assert peak == 3
+
+
+async def test_stopping_while_completions_are_in_flight_loses_none(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ack loop may be mid-statement when the consumer stops: that batch must still land."""
+    await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(5)])
+    real_complete = queue.complete
+    completing = asyncio.Event()
+
+    async def slow_complete(executor: queue.Executor, leases: Iterable[queue.Lease]) -> set[int]:
+        completing.set()
+        await asyncio.sleep(0.3)
+        return await real_complete(executor, leases)
+
+    monkeypatch.setattr(queue, "complete", slow_complete)
+
+    async def handler(job: ClaimedJob) -> None:
+        return None
+
+    consumer = Consumer(pool, handler, config(ack_interval_s=0.0))
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(completing.wait(), 5)
+    consumer.stop()
+    await asyncio.wait_for(task, 5)
+    rows = await pool.fetch("select status from docpipe.jobs")
+    assert [r[0] for r in rows] == ["succeeded"] * 5

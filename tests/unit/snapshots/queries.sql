@@ -55,7 +55,7 @@ from docpipe.jobs where id = $1;
 update docpipe.jobs j
 set lease_expires_at = now() + make_interval(secs => $3)
 from unnest($1::bigint[], $2::uuid[]) as l(id, token)
-where j.id = l.id and j.lease_token = l.token and j.status = 'running'
+where j.id = l.id and j.lease_token = l.token
 returning j.id;
 
 -- NEXT_RUN_AFTER
@@ -67,7 +67,7 @@ with released as (
     set status = 'queued', attempts = greatest(j.attempts - 1, 0), run_after = now(),
         lease_token = null, lease_expires_at = null, worker = null
     from unnest($1::bigint[], $2::uuid[]) as l(id, token)
-    where j.id = l.id and j.lease_token = l.token and j.status = 'running'
+    where j.id = l.id and j.lease_token = l.token
     returning j.id, j.pipeline
 )
 select id, pg_notify('docpipe_jobs', pipeline) from released;
