@@ -67,6 +67,9 @@ class ConsumerConfig:
     # Completions wait at most this long (or for `ack_batch` of them) and go in one statement.
     ack_interval_s: float = 0.005
     ack_batch: int = 500
+    # Freed slots wait at most this long for company before they are refilled: claims stay
+    # batched under load without leaving slots idle while slow jobs trickle out.
+    claim_coalesce_s: float = 0.005
     revision: str = "dev"
     worker_id: str = field(default_factory=default_worker_id)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -78,6 +81,8 @@ class ConsumerConfig:
         for name in ("lease_s", "heartbeat_s", "poll_interval_s", "rescue_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.claim_coalesce_s < 0:
+            raise ValueError(f"claim_coalesce_s must be >= 0, got {self.claim_coalesce_s}")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError(
                 f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_s ({self.lease_s})"
@@ -166,12 +171,23 @@ class Consumer:
     async def _claim_loop(self) -> None:
         cfg = self.config
         low_water = min(cfg.batch_size, max(1, cfg.concurrency // 4))
+        loop = asyncio.get_running_loop()
+        refill_at: float | None = None
         while not self._stopping.is_set():
             free = cfg.concurrency - len(self._running)
             if free < low_water:
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
+                if free == 0:
+                    await self._slot_freed.wait()
+                    continue
+                # A few slots are free: wait briefly for more to claim them together.
+                if refill_at is None:
+                    refill_at = loop.time() + cfg.claim_coalesce_s
+                if loop.time() < refill_at:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), refill_at - loop.time())
+                    continue
+            refill_at = None
             want = min(free, cfg.batch_size)
             self._wake.clear()
             try:
