@@ -318,3 +318,27 @@ async def test_stopping_while_completions_are_in_flight_loses_none(
     await asyncio.wait_for(task, 5)
     rows = await pool.fetch("select status from docpipe.jobs")
     assert [r[0] for r in rows] == ["succeeded"] * 5
+
+
+async def test_a_single_freed_slot_is_refilled_without_waiting_for_others(
+    pool: asyncpg.Pool,
+) -> None:
+    # Seven slow jobs hold seven of eight slots; one quick job frees the eighth, and the job
+    # waiting in the queue must take it now, not when the slow ones end.
+    durations = [0.05] + [3.0] * 7
+    await queue.enqueue(pool, [NewJob(pipeline="p", payload={"s": s}) for s in durations])
+    await queue.enqueue(pool, [NewJob(pipeline="p", payload={"s": 0.0, "last": True})])
+    started: dict[str, float] = {}
+
+    async def handler(job: ClaimedJob) -> None:
+        started.setdefault("first", time.monotonic())
+        if job.payload.get("last"):
+            started["last"] = time.monotonic()
+        await asyncio.sleep(job.payload["s"])
+
+    consumer = Consumer(pool, handler, config(concurrency=8, batch_size=8))
+    task = asyncio.create_task(consumer.run())
+    await wait_until(lambda: asyncio.sleep(0, "last" in started), timeout_s=5)
+    await consumer.drain(grace_s=0)
+    await task
+    assert started["last"] - started["first"] < 1.0
