@@ -106,6 +106,7 @@ async def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -
                 chunking=ChunkingConfig(settings.chunk_max_chars, settings.chunk_overlap_chars),
                 dimensions=settings.embedding_dimensions,
                 revision=settings.revision,
+                store_concurrency=settings.store_concurrency,
             )
             await pipeline.check_dimensions()
             await _serve(settings, pool, pipeline, handle_signals=handle_signals)

@@ -63,6 +63,8 @@ class WorkerSettings(BaseSettings):
     # Embedding requests in flight at once across the worker's jobs (default: its concurrency).
     embedding_concurrency: int | None = Field(None, ge=1, le=1024)
     request_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    # Chunk stores in flight at once per worker: HNSW inserts contend for the index's pages.
+    store_concurrency: int = Field(2, ge=1, le=64)
 
     chunk_max_chars: int = Field(1500, ge=100, le=100_000)
     chunk_overlap_chars: int = Field(200, ge=0)
