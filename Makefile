@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
+# The sample corpus is this repository's own documentation: ingested through the mocks, then
+# searchable; the stack keeps running until Ctrl-C.
 dev: $(STAMP)
-	$(BIN)/docpipe dev
+	$(BIN)/docpipe dev --ingest docs README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
