@@ -18,13 +18,14 @@ _EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
 
 def exported() -> dict[str, tuple[str, set[str]]]:
     """Exposed name -> (type, label names) for every metric defined in the metrics module."""
-    result = {}
+    result: dict[str, tuple[str, set[str]]] = {}
     for value in vars(metrics).values():
         if not isinstance(value, MetricWrapperBase):
             continue
-        kind = value._type  # prometheus-client keeps the type and names privately
-        name = value._name + _EXPOSED_SUFFIX.get(kind, "")
-        labels = set(value._labelnames)
+        # prometheus-client keeps the type and the names privately.
+        kind = str(value._type)
+        name = str(value._name) + _EXPOSED_SUFFIX.get(kind, "")
+        labels = {str(label) for label in value._labelnames}
         if kind == "info":
             labels = {"version", "revision"}  # the info's keys, set by the worker at start
         result[name] = (kind, labels)
