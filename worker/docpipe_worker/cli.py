@@ -288,6 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:
+        print(
+            f"docpipe: this database has no docpipe schema yet ({exc}); run `docpipe migrate`",
+            file=sys.stderr,
+        )
+        return 1
     except asyncpg.PostgresError as exc:
         print(f"docpipe: database error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
