@@ -39,7 +39,6 @@ class WorkerSettings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=1024)
     lease_seconds: float = Field(60.0, ge=1, le=3600)
     poll_interval_seconds: float = Field(2.0, gt=0, le=300)
-    max_attempts: int = Field(5, ge=1, le=100)
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=3600)
 
     metrics_host: str = "0.0.0.0"
