@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import asyncpg
 
@@ -161,6 +162,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for path in paths:
         if not path.exists():
             raise UsageError(f"no such file or folder: {path}")
+    if args.api_url or args.token:
+        return _ingest_through_api(args, paths)
 
     async def run() -> int:
         pool = await create_pool(resolve_database_url(args.database_url))
@@ -182,6 +185,151 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
 
     return asyncio.run(run())
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from docpipe_operator.runtime import run_operator
+
+    liveness = None if args.liveness == "off" else args.liveness
+    try:
+        asyncio.run(run_operator(liveness_endpoint=liveness, standalone=args.standalone))
+    except kopf.LoginError as exc:
+        raise StartupError(str(exc)) from None
+    return 0
+
+
+def _api_target(args: argparse.Namespace) -> tuple[str, str]:
+    url = args.api_url or os.environ.get("DOCPIPE_API_URL")
+    token = args.token or os.environ.get("DOCPIPE_API_TOKEN")
+    if not url:
+        raise UsageError("no API URL: pass --api-url or set DOCPIPE_API_URL")
+    if not token:
+        raise UsageError(
+            "no API token: pass --token or set DOCPIPE_API_TOKEN "
+            "(for the development API: export DOCPIPE_API_TOKEN=$(docpipe token))"
+        )
+    return url, token
+
+
+def _ingest_through_api(args: argparse.Namespace, paths: list[Path]) -> int:
+    import aiohttp
+    from rich.console import Console
+
+    from docpipe_worker.api.client import ApiClient, ingest_through_api
+    from docpipe_worker.ingest import print_report
+
+    url, token = _api_target(args)
+
+    async def run() -> int:
+        async with aiohttp.ClientSession() as session:
+            report = await ingest_through_api(
+                ApiClient(session, url, token),
+                paths,
+                pipeline=args.pipeline,
+                reprocess=args.reprocess,
+                wait=not args.no_wait,
+                timeout_s=args.timeout,
+            )
+        if args.json:
+            print(json.dumps(report.__dict__))
+        else:
+            print_report(report, Console(stderr=True))
+        return 0 if report.ok else 1
+
+    return asyncio.run(run())
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import uuid
+
+    import aiohttp
+    from rich.console import Console
+
+    from docpipe_worker.api.client import ApiClient, ApiClientError, print_hits
+
+    url, token = _api_target(args)
+    try:
+        documents = [uuid.UUID(d) for d in args.document]
+    except ValueError:
+        raise UsageError(f"--document takes a document id (a UUID), got {args.document}") from None
+
+    async def run() -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                result = await ApiClient(session, url, token).search(
+                    args.query, pipeline=args.pipeline, top_k=args.top_k, document_ids=documents
+                )
+            except ApiClientError as exc:
+                raise UsageError(str(exc)) from None
+        if args.json:
+            print(result.model_dump_json())
+        else:
+            print_hits(result, Console())
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    if args.print_openapi:
+        from docpipe_worker.api.openapi import openapi_json
+
+        sys.stdout.write(openapi_json().decode())
+        return 0
+    from docpipe_worker.api.server import run_api
+    from docpipe_worker.api.settings import ApiSettings
+    from docpipe_worker.settings import load_settings
+
+    settings = load_settings(ApiSettings)
+    configure_logging(json_logs=settings.log_format == "json", level=settings.log_level)
+    asyncio.run(run_api(settings))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from docpipe_worker.api.auth import (
+        DEVELOPMENT_SECRET,
+        SCOPES,
+        KeyConfigError,
+        mint_token,
+        secret_keys,
+    )
+
+    secret = os.environ.get("DOCPIPE_API_JWT_SECRET")
+    if not secret:
+        secret = DEVELOPMENT_SECRET
+        print(
+            "docpipe token: signed with the development secret, which only an API in "
+            "development mode accepts (set DOCPIPE_API_JWT_SECRET to sign with yours)",
+            file=sys.stderr,
+        )
+    try:
+        secret_keys(secret)
+    except KeyConfigError as exc:
+        raise UsageError(f"DOCPIPE_API_JWT_SECRET: {exc}") from None
+    scopes = args.scopes.replace(",", " ").split()
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise UsageError(
+            f"unknown scope(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(SCOPES)}"
+        )
+    if not args.ttl > 0:
+        raise UsageError(f"--ttl must be a positive number of seconds, got {args.ttl:g}")
+    if not args.subject or len(args.subject) > 255:
+        raise UsageError("--subject must be 1 to 255 characters")
+    print(
+        mint_token(
+            secret,
+            subject=args.subject,
+            scopes=scopes,
+            ttl_s=args.ttl,
+            issuer=os.environ.get("DOCPIPE_API_JWT_ISSUER"),
+            audience=os.environ.get("DOCPIPE_API_JWT_AUDIENCE"),
+        )
+    )
+    return 0
 
 
 def _row(stats: queue.PipelineStats) -> dict[str, object]:
@@ -259,7 +407,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop waiting after this many seconds")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _database_arg(p)
+    p.add_argument(
+        "--api-url",
+        help="upload through the intake API at this URL instead of writing to the database "
+        "(default with --token: $DOCPIPE_API_URL)",
+    )
+    p.add_argument("--token", help="bearer token for the API (default: $DOCPIPE_API_TOKEN)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("api", help="serve the intake HTTP API (configured by environment)")
+    p.add_argument(
+        "--print-openapi", action="store_true", help="print the OpenAPI document and exit"
+    )
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("token", help="mint a bearer token for the intake API (development)")
+    p.add_argument("--subject", default="dev", help="the owner the token acts as (default: dev)")
+    p.add_argument("--scopes", default="read write search", help="space- or comma-separated scopes")
+    p.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("search", help="search a pipeline through the intake API")
+    p.add_argument("query")
+    p.add_argument("--pipeline", default="default")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument(
+        "--document", action="append", default=[], metavar="ID", help="search only this document"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--api-url", help="the intake API (default: $DOCPIPE_API_URL)")
+    p.add_argument("--token", help="bearer token (default: $DOCPIPE_API_TOKEN)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("operator", help="run the Kubernetes operator for DocumentPipelines")
+    p.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="liveness endpoint URL (default: %(default)s; 'off' to disable)",
+    )
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="skip peering (only when exactly one operator runs)",
+    )
+    p.set_defaults(func=cmd_operator)
     return parser
 
 

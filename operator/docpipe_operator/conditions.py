@@ -1,0 +1,128 @@
+"""The status of a DocumentPipeline, from what one reconcile saw: pure.
+
+Conditions follow the Kubernetes convention: a condition's `lastTransitionTime` changes only when
+its `status` does, so `kubectl wait --for=condition=Ready` and alerts see real transitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from docpipe_operator.model import Condition, DocumentPipelineStatus, Phase
+from docpipe_operator.scaling import Decision
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a reconcile found and decided; any part may be missing."""
+
+    generation: int | None
+    spec_error: str | None = None
+    apply_error: str | None = None
+    warnings: tuple[str, ...] = ()
+    decision: Decision | None = None
+    replicas: int | None = None  # pods the Deployment has
+    ready_replicas: int | None = None
+    selector: str | None = None
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+    }
+
+
+def next_conditions(
+    previous: Sequence[Condition], wanted: Sequence[dict[str, Any]], now: datetime
+) -> list[Condition]:
+    """The wanted conditions, keeping each one's transition time while its status holds."""
+    before = {c.type: c for c in previous}
+    result = []
+    for entry in wanted:
+        old = before.get(entry["type"])
+        since = old.last_transition_time if old and old.status == entry["status"] else now
+        result.append(Condition.model_validate({**entry, "lastTransitionTime": since}))
+    return result
+
+
+def build_status(
+    previous: DocumentPipelineStatus, seen: Observation, now: datetime
+) -> DocumentPipelineStatus:
+    """The new status: phase, Ready/Scaling/Degraded conditions and the scaling figures."""
+    decision = seen.decision
+    desired = decision.desired if decision is not None else previous.desired_replicas
+    ready = seen.ready_replicas or 0
+    problems = [p for p in (seen.spec_error, seen.apply_error) if p]
+    degraded_reason = (
+        "InvalidSpec"
+        if seen.spec_error
+        else "ApplyFailed"
+        if seen.apply_error
+        else "MetricsIncomplete"
+        if decision is not None and not decision.metrics_complete
+        else "Warnings"
+        if seen.warnings
+        else "AsExpected"
+    )
+    if decision is not None and not decision.metrics_complete:
+        problems.append(decision.reason)
+    problems.extend(seen.warnings)
+    degraded = _condition(
+        "Degraded", bool(problems), degraded_reason, "; ".join(problems) or "no problem seen"
+    )
+
+    if seen.spec_error:
+        ready_cond = _condition("Ready", False, "InvalidSpec", seen.spec_error)
+    elif desired == 0:
+        ready_cond = _condition("Ready", True, "ScaledToZero", "no work: no worker runs")
+    elif desired is not None and ready >= desired:
+        ready_cond = _condition("Ready", True, "WorkersReady", f"{ready}/{desired} workers ready")
+    else:
+        ready_cond = _condition(
+            "Ready", False, "WorkersNotReady", f"{ready}/{desired or 0} workers ready"
+        )
+
+    if decision is not None and decision.changed:
+        reason = "ScalingUp" if decision.desired > decision.current else "ScalingDown"
+        scaling = _condition("Scaling", True, reason, decision.reason)
+    elif decision is not None and seen.replicas is not None and seen.replicas != decision.desired:
+        scaling = _condition("Scaling", True, "Converging", decision.reason)
+    else:
+        message = decision.reason if decision is not None else "no decision yet"
+        scaling = _condition("Scaling", False, "Steady", message)
+
+    conditions = next_conditions(previous.conditions, [ready_cond, scaling, degraded], now)
+    phase: Phase
+    if problems and (seen.spec_error or seen.apply_error):
+        phase = "Degraded"
+    elif desired == 0:
+        phase = "ScaledToZero"
+    elif ready > 0:
+        phase = "Running"
+    else:
+        phase = "Pending"
+    changes: dict[str, Any] = {
+        "phase": phase,
+        "conditions": conditions,
+        "observed_generation": seen.generation,
+        "replicas": seen.replicas if seen.replicas is not None else previous.replicas,
+        "ready_replicas": seen.ready_replicas
+        if seen.ready_replicas is not None
+        else previous.ready_replicas,
+        "desired_replicas": desired,
+        "selector": seen.selector or previous.selector,
+    }
+    if decision is not None:
+        changes["last_scale_reason"] = (
+            decision.reason if decision.changed else previous.last_scale_reason or decision.reason
+        )
+        changes["queue_depth"] = decision.queue_depth
+        changes["oldest_ready_age_seconds"] = decision.oldest_ready_age_seconds
+        changes["throughput_per_second"] = decision.throughput_per_second
+    return previous.model_copy(update=changes)

@@ -1,0 +1,75 @@
+"""How the operator runs: Kopf's settings for production, and the entry point `docpipe operator`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+import kopf
+
+from docpipe_operator import handlers
+
+PEERING_NAME = "docpipe"
+PREFIX = "docpipe.io"
+FINALIZER = f"{PREFIX}/operator"
+LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+
+# A watch that stays silent is closed by the API server after SERVER_TIMEOUT and by the client
+# after CLIENT_TIMEOUT, then re-opened: a hung connection (a known Kopf failure behind load
+# balancers) can never stall the operator for longer.
+WATCH_SERVER_TIMEOUT = 300.0
+WATCH_CLIENT_TIMEOUT = 330.0
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 60.0
+
+
+def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
+    """Production settings: watch timeouts, own finalizer and annotation prefix, quiet Events."""
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.watching.connect_timeout = CONNECT_TIMEOUT
+    settings.networking.request_timeout = REQUEST_TIMEOUT
+    settings.networking.connect_timeout = CONNECT_TIMEOUT
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # Handler logs become Events only from warnings up; the operator posts its own Events.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "docpipe-operator"
+    settings.peering.clusterwide = True
+    return settings
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    """A registry holding the operator's handlers (not Kopf's global one: tests run several)."""
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry)
+    return registry
+
+
+async def run_operator(
+    *,
+    liveness_endpoint: str | None = LIVENESS_ENDPOINT,
+    standalone: bool = False,
+    priority: int | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run the operator over every namespace until stopped (or signalled)."""
+    await kopf.operator(
+        registry=build_registry(),
+        settings=configure(kopf.OperatorSettings()),
+        clusterwide=True,
+        standalone=standalone,
+        # Peering: replicas of equal priority would all pause, so each picks its own at random;
+        # the highest one acts, the others stand by until its heartbeat stops.
+        peering_name=None if standalone else PEERING_NAME,
+        priority=priority if priority is not None else secrets.randbelow(1_000_000),
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        memo=kopf.Memo(),
+    )

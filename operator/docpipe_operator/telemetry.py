@@ -1,0 +1,241 @@
+"""Reading the workers' load: their /metrics, Prometheus, or the queue table itself.
+
+Metric names come from `docpipe_worker.metrics` (the one module that names them); this module only
+fetches and parses, and returns the `MetricsSnapshot` the pure scaling decision takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+
+from docpipe_operator.scaling import MetricsSnapshot, PodMetrics, QueueMetrics
+from docpipe_worker import metrics, queue
+
+
+def _family(metric: MetricWrapperBase) -> str:
+    name: str = next(iter(metric.describe())).name
+    return name
+
+
+IN_FLIGHT = _family(metrics.JOBS_IN_FLIGHT)
+SUCCEEDED = _family(metrics.JOBS_SUCCEEDED)
+QUEUE_READY = _family(metrics.QUEUE_READY)
+QUEUE_OLDEST = _family(metrics.QUEUE_OLDEST_READY_AGE)
+PIPELINE_LABEL = metrics.JOB_LABELS[0]
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """A worker pod as the API lists it: where to scrape it and whether it is ready."""
+
+    name: str
+    ip: str | None
+    ready: bool
+
+
+def pod_targets(pods: Sequence[dict[str, Any]]) -> list[PodTarget]:
+    """The worker pods that count: not being deleted, not finished."""
+    targets = []
+    for pod in pods:
+        meta, status = pod.get("metadata", {}), pod.get("status", {})
+        if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions", [])
+        )
+        targets.append(PodTarget(meta["name"], status.get("podIP"), ready))
+    return targets
+
+
+@dataclass(frozen=True)
+class WorkerReading:
+    """What one worker's /metrics says about a pipeline."""
+
+    in_flight: float
+    succeeded: float
+    queue: QueueMetrics | None
+
+
+def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
+    """Jobs in flight, jobs succeeded (summed over revisions) and the queue gauges of a pipeline."""
+    in_flight = succeeded = 0.0
+    ready: float | None = None
+    oldest = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get(PIPELINE_LABEL) != pipeline:
+                continue
+            if family.name == IN_FLIGHT:
+                in_flight += sample.value
+            elif family.name == SUCCEEDED and sample.name.endswith("_total"):
+                succeeded += sample.value
+            elif family.name == QUEUE_READY:
+                ready = sample.value
+            elif family.name == QUEUE_OLDEST:
+                oldest = sample.value
+    q = (
+        QueueMetrics(ready_jobs=ready, oldest_ready_age_seconds=oldest)
+        if ready is not None
+        else None
+    )
+    return WorkerReading(in_flight, succeeded, q)
+
+
+async def _scrape_one(
+    session: aiohttp.ClientSession, target: PodTarget, port: int, timeout_s: float, pipeline: str
+) -> WorkerReading | None:
+    if target.ip is None:
+        return None
+    try:
+        async with session.get(
+            f"http://{target.ip}:{port}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            if response.status != 200:
+                return None
+            return parse_worker_metrics(await response.text(), pipeline)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def _combine(
+    targets: Sequence[PodTarget], readings: Sequence[WorkerReading | None]
+) -> MetricsSnapshot:
+    pods = []
+    queues = []
+    for target, reading in zip(targets, readings, strict=True):
+        if reading is None:
+            pods.append(PodMetrics(target.name, target.ready))
+            continue
+        pods.append(PodMetrics(target.name, target.ready, reading.in_flight, reading.succeeded))
+        if reading.queue is not None:
+            queues.append(reading.queue)
+    # Every worker exports the same queue gauges, read at slightly different times: the highest
+    # figures are the safe ones for sizing.
+    merged = (
+        QueueMetrics(
+            ready_jobs=max(q.ready_jobs for q in queues),
+            oldest_ready_age_seconds=max(q.oldest_ready_age_seconds for q in queues),
+        )
+        if queues
+        else None
+    )
+    return MetricsSnapshot(pods=tuple(pods), queue=merged)
+
+
+async def scrape_pods(
+    session: aiohttp.ClientSession,
+    targets: Sequence[PodTarget],
+    *,
+    port: int,
+    timeout_s: float,
+    pipeline: str,
+) -> MetricsSnapshot:
+    """Scrape every pod's /metrics at once, each within `timeout`; failures read as unscraped."""
+    readings = await asyncio.gather(
+        *(_scrape_one(session, t, port, timeout_s, pipeline) for t in targets)
+    )
+    return _combine(targets, readings)
+
+
+def _promql_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+async def query_prometheus(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    targets: Sequence[PodTarget],
+    *,
+    timeout_s: float,
+    pipeline: str,
+) -> MetricsSnapshot | None:
+    """The same snapshot from PromQL instant queries (pods matched by the `pod` label)."""
+    selector = f'{{{PIPELINE_LABEL}="{_promql_label(pipeline)}"}}'
+    queries = {
+        "in_flight": f"sum by (pod) ({IN_FLIGHT}{selector})",
+        "succeeded": f"sum by (pod) ({SUCCEEDED}_total{selector})",
+        "ready": f"max({QUEUE_READY}{selector})",
+        "oldest": f"max({QUEUE_OLDEST}{selector})",
+    }
+
+    async def instant(query: str) -> list[dict[str, Any]]:
+        async with session.get(
+            f"{base_url.rstrip('/')}/api/v1/query",
+            params={"query": query},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            response.raise_for_status()
+            answer = await response.json()
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    try:
+        results = dict(
+            zip(queries, await asyncio.gather(*(instant(q) for q in queries.values())), strict=True)
+        )
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        return None
+
+    def by_pod(rows: list[dict[str, Any]]) -> dict[str, float]:
+        return {r["metric"].get("pod", ""): float(r["value"][1]) for r in rows}
+
+    in_flight, succeeded = by_pod(results["in_flight"]), by_pod(results["succeeded"])
+    readings: list[WorkerReading | None] = []
+    for target in targets:
+        if target.name in in_flight and target.name in succeeded:
+            readings.append(WorkerReading(in_flight[target.name], succeeded[target.name], None))
+        else:
+            readings.append(None)
+    snapshot = _combine(targets, readings)
+    if results["ready"]:
+        oldest = float(results["oldest"][0]["value"][1]) if results["oldest"] else 0.0
+        ready = float(results["ready"][0]["value"][1])
+        snapshot = MetricsSnapshot(snapshot.pods, QueueMetrics(ready, oldest))
+    return snapshot
+
+
+def secret_value(secret: dict[str, Any], key: str) -> str | None:
+    """One key of a Secret object, decoded; None if absent."""
+    raw = (secret.get("data") or {}).get(key)
+    if raw is not None:
+        return base64.b64decode(raw).decode("utf-8")
+    text: str | None = (secret.get("stringData") or {}).get(key)
+    return text
+
+
+class QueueReader:
+    """Reads a pipeline's ready jobs straight from the queue table, one pool per database."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, asyncpg.Pool] = {}
+
+    async def read(self, database_url: str, pipeline: str, *, timeout_s: float) -> QueueMetrics:
+        """Ready jobs and the oldest ready age of one pipeline (one cheap query)."""
+        pool = self._pools.get(database_url)
+        if pool is None:
+            pool = await asyncpg.create_pool(
+                database_url, min_size=0, max_size=1, timeout=timeout_s, command_timeout=timeout_s
+            )
+            self._pools[database_url] = pool
+        async with pool.acquire(timeout=timeout_s) as conn:
+            rows = await queue.stats(conn, [pipeline])
+        for row in rows:
+            if row.pipeline == pipeline:
+                return QueueMetrics(float(row.ready), row.oldest_ready_age_s)
+        return QueueMetrics(0.0, 0.0)
+
+    async def close(self) -> None:
+        """Close every pool."""
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
