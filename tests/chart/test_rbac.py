@@ -1,0 +1,116 @@
+"""The chart's RBAC grants exactly what manifests/base/rbac.yaml grants (which a unit test holds to
+the calls of the operator's code), in both scopes, and binds it to the operator's account."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.binaries import ROOT
+from tests.chart.rendering import Manifest, find, kustomize
+
+RBAC_YAML = ROOT / "manifests" / "base" / "rbac.yaml"
+Grants = dict[tuple[str, str], frozenset[str]]
+# Resources without a namespace: their rules must sit in a ClusterRole even in namespaced scope.
+CLUSTER_SCOPED = frozenset(
+    {("kopf.dev", "clusterkopfpeerings"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+)
+
+
+def grants(roles: Iterable[Manifest]) -> Grants:
+    """{(apiGroup, resource): verbs} that the roles' rules add up to."""
+    granted: Grants = {}
+    for role in roles:
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    key = (group, resource)
+                    granted[key] = granted.get(key, frozenset()) | frozenset(rule["verbs"])
+    return granted
+
+
+def reference_grants() -> Grants:
+    docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d]
+    return grants(d for d in docs if d["kind"] == "ClusterRole")
+
+
+def roles_of(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def test_reference_rbac_grants_something() -> None:
+    assert ("docpipe.io", "documentpipelines") in reference_grants()
+
+
+def test_cluster_scope_grants_exactly_the_reference_rules(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    objects = render()
+    assert roles_of(objects, "Role") == []
+    assert grants(roles_of(objects, "ClusterRole")) == reference_grants()
+
+
+@pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]])
+def test_namespaced_scope_grants_the_reference_rules_in_each_namespace(
+    render: Callable[..., list[Manifest]], namespaces: list[str]
+) -> None:
+    objects = render(**{"rbac.scope": "namespaced", "rbac.watchNamespaces": namespaces})
+    expected_namespaces = namespaces or ["docpipe-system"]
+    roles = roles_of(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(expected_namespaces)
+    cluster = grants(roles_of(objects, "ClusterRole"))
+    reference = reference_grants()
+    # Cluster-wide only what has no namespace; everything else per namespace.
+    assert cluster == {k: v for k, v in reference.items() if k in CLUSTER_SCOPED}
+    for role in roles:
+        assert grants([role]) == {k: v for k, v in reference.items() if k not in CLUSTER_SCOPED}
+    bindings = roles_of(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(expected_namespaces)
+
+
+def test_a_missing_rule_would_be_noticed(render: Callable[..., list[Manifest]]) -> None:
+    role = find(render(), "ClusterRole")
+    trimmed = {**role, "rules": role["rules"][1:]}
+    assert grants([trimmed]) != reference_grants()
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_bindings_name_the_operator_service_account(
+    render: Callable[..., list[Manifest]], scope: str
+) -> None:
+    objects = render(**{"rbac.scope": scope})
+    account = find(objects, "ServiceAccount")["metadata"]
+    operator = find(objects, "Deployment", "docpipe-operator")
+    assert operator["spec"]["template"]["spec"]["serviceAccountName"] == account["name"]
+    for binding in roles_of(objects, "ClusterRoleBinding") + roles_of(objects, "RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+        ]
+        role_kind = binding["roleRef"]["kind"]
+        namespace = binding["metadata"].get("namespace")
+        assert any(
+            r["metadata"]["name"] == binding["roleRef"]["name"]
+            and r["metadata"].get("namespace") == namespace
+            for r in roles_of(objects, role_kind)
+        )
+
+
+def test_no_rbac_objects_when_rbac_is_off(render: Callable[..., list[Manifest]]) -> None:
+    kinds = {m["kind"] for m in render(**{"rbac.create": False})}
+    assert kinds.isdisjoint({"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"})
+
+
+def test_kustomize_base_binds_the_rbac_to_the_operator_deployment_account(kubectl: str) -> None:
+    objects = kustomize(kubectl, ROOT / "manifests")
+    operator = find(objects, "Deployment", "docpipe-operator")
+    account = operator["spec"]["template"]["spec"]["serviceAccountName"]
+    namespace = operator["metadata"]["namespace"]
+    assert find(objects, "ServiceAccount", account)["metadata"]["namespace"] == namespace
+    binding = find(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+    ]
+    assert grants(roles_of(objects, "ClusterRole")) == reference_grants()
