@@ -140,10 +140,16 @@ async def ensure_children(
         child_name = child["metadata"]["name"]
         current = await state.client.get(resource, namespace, child_name)
         if current is None:
-            await state.client.create(resource, namespace, child)
-            changed.append(f"created {child['kind']} {child_name}")
-            current = child
-        elif not contains(current, {k: v for k, v in child.items() if k != "metadata"}) or (
+            try:
+                await state.client.create(resource, namespace, child)
+                changed.append(f"created {child['kind']} {child_name}")
+                current = child
+            except cluster.ApiError as exc:
+                # Created meanwhile (by the other handler of this pipeline): patch it instead.
+                if exc.status != 409:
+                    raise
+                current = await state.client.get(resource, namespace, child_name) or {}
+        if not contains(current, {k: v for k, v in child.items() if k != "metadata"}) or (
             not contains(current["metadata"], child["metadata"])
         ):
             current = await state.client.merge_patch(resource, namespace, child_name, child)

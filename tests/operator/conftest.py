@@ -166,6 +166,7 @@ class Fleet:
     ready_jobs: float = 0.0
     oldest_age: float = 0.0
     busy_per_pod: float = 0.0  # jobs in flight reported by each pod
+    busy_overrides: dict[str, float] = field(default_factory=dict)  # ... unless named here
     jobs_per_second_per_pod: float = 1.0
     workers: dict[str, FakeWorker] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
@@ -184,7 +185,7 @@ class Fleet:
 
     async def step(self, dt: float) -> None:
         for worker in self.workers.values():
-            worker.in_flight = self.busy_per_pod
+            worker.in_flight = self.busy_overrides.get(worker.name, self.busy_per_pod)
             worker.succeeded += self.jobs_per_second_per_pod * dt
         for deployment in self.api.list_objects(DEPLOYMENTS):
             await self._reconcile(deployment)
