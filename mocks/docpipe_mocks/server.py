@@ -1,7 +1,7 @@
 """One aiohttp server for both mock services, with fault injection and an admin API.
 
 `GET/PUT /_admin/faults` reads and replaces the fault configuration at run time;
-`GET /_admin/stats` counts the services' requests per endpoint and status.
+`GET /_admin/stats` counts the services' requests per endpoint and status, and per X-Request-ID.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ def _openai_error(status: int, message: str, headers: Mapping[str, str] | None) 
 
 INJECTOR = web.AppKey("fault_injector", FaultInjector)
 STATS = web.AppKey("request_stats", Counter[tuple[str, str]])
+# Requests per X-Request-ID seen, for checking that clients pass their correlation id along;
+# bounded so a long-running mock does not grow without end (oldest ids are forgotten first).
+REQUEST_IDS = web.AppKey("request_ids", Counter[str])
+_MAX_REQUEST_IDS = 10_000
 SERVICE_ROUTES = web.AppKey("service_routes", tuple[_ServiceRoute, ...])
 STOPPING = web.AppKey("stopping", asyncio.Event)
 
@@ -92,6 +96,17 @@ async def _count_requests(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         request.app[STATS][_endpoint(request), status] += 1
+        _count_request_id(request)
+
+
+def _count_request_id(request: web.Request) -> None:
+    request_id = request.headers.get("X-Request-ID")
+    if request_id is None:
+        return
+    seen = request.app[REQUEST_IDS]
+    if request_id not in seen and len(seen) >= _MAX_REQUEST_IDS:
+        del seen[next(iter(seen))]  # a Counter keeps insertion order: this is the oldest
+    seen[request_id] += 1
 
 
 def _authorized(request: web.Request, api_key: str | None) -> bool:
@@ -156,7 +171,8 @@ async def _get_stats(request: web.Request) -> web.Response:
     requests: dict[str, dict[str, int]] = {}
     for (endpoint, status), count in sorted(request.app[STATS].items()):
         requests.setdefault(endpoint, {})[status] = count
-    return web.json_response({"requests": requests})
+    request_ids: dict[str, int] = dict(request.app[REQUEST_IDS].items())
+    return web.json_response({"requests": requests, "request_ids": request_ids})
 
 
 def build_app(config: MockConfig) -> web.Application:
@@ -166,6 +182,7 @@ def build_app(config: MockConfig) -> web.Application:
     )
     app[INJECTOR] = FaultInjector(config.faults)
     app[STATS] = Counter()
+    app[REQUEST_IDS] = Counter[str]()
     app[STOPPING] = asyncio.Event()
     app[SERVICE_ROUTES] = (
         _ServiceRoute(

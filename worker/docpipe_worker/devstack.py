@@ -41,6 +41,7 @@ class DevStack:
     worker_ports: list[int]
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     log_dir: Path = Path()
+    api_url: str = ""
 
     def worker_env(self, *, pipeline: str, index: int, extra: dict[str, str]) -> dict[str, str]:
         env = {
@@ -125,6 +126,8 @@ async def start_stack(
     await _wait_http(f"{stack.mocks_url}/_admin/faults", mocks, "the mock services", mocks_log)
     console.print(f"  mocks     {stack.mocks_url}  (LlamaParse + OpenAI; faults: /_admin/faults)")
 
+    await _start_api(stack, pipeline=pipeline, console=console)
+
     for i in range(workers):
         env = stack.worker_env(
             pipeline=pipeline, index=i, extra={"DOCPIPE_CONCURRENCY": str(concurrency)}
@@ -136,6 +139,33 @@ async def start_stack(
         await _wait_http(f"http://127.0.0.1:{port}/readyz", proc, f"worker {i + 1}", log_path)
         console.print(f"  worker {i + 1}  http://127.0.0.1:{port}/metrics  (log: {log_path})")
     return stack
+
+
+async def _start_api(stack: DevStack, *, pipeline: str, console: Console) -> None:
+    """The intake API in development mode: it accepts tokens from `docpipe token`."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": stack.database_url,
+        "OPENAI_BASE_URL": f"{stack.mocks_url}/v1",
+        "OPENAI_API_KEY": "dev-key",
+        "DOCPIPE_API_DEV_MODE": "true",
+        "DOCPIPE_API_HOST": "127.0.0.1",
+        "DOCPIPE_API_PORT": str(port),
+        "DOCPIPE_API_PIPELINES": pipeline,
+    }
+    log_path = stack.log_dir / "api.log"
+    proc = await _spawn(["api"], env, log_path)
+    stack.processes.append(proc)
+    stack.api_url = f"http://127.0.0.1:{port}"
+    await _wait_http(f"{stack.api_url}/readyz", proc, "the API", log_path)
+    console.print(
+        f"  api       {stack.api_url}  (docs: {stack.api_url}/openapi.json; log: {log_path})"
+    )
+    console.print(
+        f"            export DOCPIPE_API_URL={stack.api_url} "
+        'DOCPIPE_API_TOKEN=$(docpipe token)   # then: docpipe search "..."'
+    )
 
 
 async def stop_stack(stack: DevStack, *, grace_s: float = 30.0) -> None:

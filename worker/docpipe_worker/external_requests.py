@@ -15,6 +15,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from docpipe_worker import correlation
 from docpipe_worker.errors import PermanentError, TransientError
 from docpipe_worker.metrics import EXTERNAL_REQUESTS
 
@@ -101,6 +102,10 @@ async def request_model(
     """Send one request to `service` within `request_timeout` seconds and return its 2xx body as
     `response_model`; raise TransientError or PermanentError for every other outcome."""
     what = f"{method} {URL(url).path}"
+    # The job's correlation id goes along, so the service's logs can be matched with ours.
+    correlation_id = correlation.CURRENT.get()
+    if correlation_id is not None:
+        headers = {**(headers or {}), correlation.HEADER: correlation_id}
     try:
         # One deadline for connecting, sending and reading the whole body: a service that accepts
         # the connection and then hangs must not hold the job.

@@ -77,7 +77,7 @@ async def ingest_paths(
     started = time.monotonic()
     ids: dict[uuid.UUID, str] = {}
     correlation_id = f"ingest-{uuid.uuid4().hex[:12]}"
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         adding = progress.add_task("adding", total=len(files))
         async with pool.acquire() as conn:
             for path in files:
@@ -135,7 +135,8 @@ async def _follow(
         await asyncio.sleep(0.25)
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
+    """The progress display of an ingest: one bar per phase."""
     return Progress(
         TextColumn("{task.description:>10}"),
         BarColumn(),

@@ -48,4 +48,19 @@ EXTERNAL_REQUESTS = Counter(
     ("service", "status"),
 )
 
+# The intake API (`docpipe api`). `route` is the matched path template
+# (`/v1/documents/{document_id}`), never the raw path, so ids do not multiply the series;
+# `unmatched` for paths with no route.
+API_REQUESTS = Counter(
+    "docpipe_api_requests",
+    "Requests the intake API answered, by route, method and HTTP status.",
+    ("route", "method", "status"),
+)
+API_REQUEST_SECONDS = Histogram(
+    "docpipe_api_request_duration_seconds",
+    "Time the intake API took to answer, by route and method.",
+    ("route", "method"),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 BUILD_INFO = Info("docpipe_build", "Version and revision of the running docpipe build.")

@@ -16,7 +16,7 @@ from typing import Protocol
 import asyncpg
 from pgvector import Vector
 
-from docpipe_worker import metrics
+from docpipe_worker import correlation, metrics
 from docpipe_worker.chunking import Chunk, chunk_markdown
 from docpipe_worker.consumer import Outcome
 from docpipe_worker.errors import LeaseLostError, PermanentError, TransientError
@@ -100,6 +100,9 @@ class IngestPipeline:
     async def __call__(self, job: ClaimedJob) -> Outcome:
         if job.document_id is None:
             raise PermanentError(f"job {job.id} of kind {job.kind!r} names no document")
+        # Each job runs in its own task, so this reaches the job's log lines and its outbound
+        # requests (parser, embedder) and nothing else.
+        correlation.CURRENT.set(job.correlation_id)
         timer = _StageTimer(job.pipeline, self.revision)
         with timer.stage("load"):
             doc = await self._load(job.document_id)

@@ -1,0 +1,1 @@
+"""The intake HTTP API (`docpipe api`): authenticated upload, status and search."""
