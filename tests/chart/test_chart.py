@@ -235,7 +235,7 @@ def test_operator_probes_its_liveness_port(render: Callable[..., list[Manifest]]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
-@pytest.mark.parametrize("component", ["mocks", "migrate"])
+@pytest.mark.parametrize("component", ["api", "mocks", "migrate"])
 def test_helper_commands_are_ones_the_docpipe_cli_accepts(
     render: Callable[..., list[Manifest]], component: str
 ) -> None:
@@ -248,6 +248,29 @@ def test_helper_commands_are_ones_the_docpipe_cli_accepts(
             assert args.command == component
             return
     pytest.fail(f"no {component} workload rendered")
+
+
+def test_api_environment_names_settings_the_api_reads(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    from docpipe_worker.api.settings import ApiSettings
+    from docpipe_worker.settings import env_name
+
+    read = {env_name(ApiSettings, field) for field in ApiSettings.model_fields}
+    deployment = find(rendered(render, "all-options"), "Deployment", "docpipe-dp-api")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"] for e in container["env"]}
+    assert "DOCPIPE_API_PORT" in names
+    assert names <= read, names - read
+    port = next(e["value"] for e in container["env"] if e["name"] == "DOCPIPE_API_PORT")
+    assert container["ports"][0]["containerPort"] == int(port)
+
+
+def test_api_needs_an_openai_key_unless_it_uses_the_mocks(helm: str) -> None:
+    settings = {"api.enabled": True, "api.databaseUrlSecretRef.name": "db"}
+    done = run(helm_template_args(helm, settings=settings), check=False)
+    assert done.returncode != 0
+    assert "api.openaiApiKeySecretRef.name is required unless api.useMocks" in done.stderr
 
 
 def test_images_default_to_the_chart_app_version(render: Callable[..., list[Manifest]]) -> None:
