@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
-VENV_BIN = ROOT / ".venv" / "bin"
+# The running interpreter's scripts folder: pip-installed tools live there, in any venv.
+VENV_BIN = Path(sys.executable).parent
 
 INSTALL_HINTS = {
     "helm": "scripts/fetch-k8s-tools (or `make tools`)",
