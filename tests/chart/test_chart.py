@@ -109,6 +109,7 @@ def test_only_known_custom_kinds_are_left_to_other_checks(
         "DocumentPipeline",
         "PodMonitor",
         "PrometheusRule",
+        "ServiceMonitor",
     }
 
 
@@ -301,6 +302,19 @@ def test_pod_monitor_selects_the_worker_pods_the_operator_renders(
         assert expression["key"] in pod_labels
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] == worker_rendering.METRICS_PORT_NAME
+
+
+def test_service_monitor_scrapes_the_api_service_port(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    objects = rendered(render, "all-options")
+    monitor = find(objects, "ServiceMonitor")
+    service = find(objects, "Service", "docpipe-dp-api")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
 def test_pod_monitor_in_namespaced_scope_watches_only_those_namespaces(
