@@ -33,7 +33,9 @@ def test_documented_defaults_are_the_real_defaults() -> None:
             continue  # secrets, optional URLs and derived values are described in words
         shown = doc[env_name(WorkerSettings, field)]
         expected = str(default)
-        if isinstance(default, float) and default.is_integer():
+        if isinstance(default, bool):
+            expected = expected.lower()
+        elif isinstance(default, float) and default.is_integer():
             expected = str(int(default))
         assert shown == expected, (
             f"{env_name(WorkerSettings, field)}: doc {shown!r}, code {expected!r}"

@@ -70,6 +70,12 @@ class ConsumerConfig:
     # Freed slots wait at most this long for company before they are refilled: claims stay
     # batched under load without leaving slots idle while slow jobs trickle out.
     claim_coalesce_s: float = 0.005
+    # A canary's failures hand the attempt back and never make a job dead: a bad revision must
+    # not use up the attempts of the jobs it touches (the stable revision retries them).
+    count_failures: bool = True
+    # A failed job keeps its slot until this long after its claim, so a worker that fails fast
+    # claims no faster than one that works (the operator sets it on canaries).
+    failure_hold_s: float = 0.0
     revision: str = "dev"
     worker_id: str = field(default_factory=default_worker_id)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -81,8 +87,9 @@ class ConsumerConfig:
         for name in ("lease_s", "heartbeat_s", "poll_interval_s", "rescue_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.claim_coalesce_s < 0:
-            raise ValueError(f"claim_coalesce_s must be >= 0, got {self.claim_coalesce_s}")
+        for name in ("claim_coalesce_s", "failure_hold_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError(
                 f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_s ({self.lease_s})"
@@ -99,6 +106,8 @@ class Consumer:
         self.db_ok = False
         self.last_db_contact = 0.0
         self._running: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        # Slots held after a failure (see ConsumerConfig.failure_hold_s).
+        self._held = 0
         self._acks: list[Lease] = []
         # One flush at a time: the final flush in run()/drain() waits for the ack loop's.
         self._flush_lock = asyncio.Lock()
@@ -174,7 +183,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         refill_at: float | None = None
         while not self._stopping.is_set():
-            free = cfg.concurrency - len(self._running)
+            free = cfg.concurrency - len(self._running) - self._held
             if free < low_water:
                 self._slot_freed.clear()
                 if free == 0:
@@ -230,6 +239,7 @@ class Consumer:
     # -- processing -----------------------------------------------------------------------------
 
     async def _process(self, job: ClaimedJob) -> None:
+        started = time.monotonic()
         try:
             outcome = await self.handler(job)
         except asyncio.CancelledError:
@@ -241,14 +251,17 @@ class Consumer:
             log.info("lease lost, result dropped: %s", exc, extra={"job_id": job.id})
         except PermanentError as exc:
             await self._fail(job, str(exc), permanent=True, retry_after=None)
+            self._hold_slot(started)
         except TransientError as exc:
             await self._fail(job, str(exc), permanent=False, retry_after=exc.retry_after)
+            self._hold_slot(started)
         except DB_ERRORS as exc:
             message = f"database unavailable: {type(exc).__name__}: {exc}"
             await self._fail(job, message, permanent=False, retry_after=None)
         except Exception as exc:
             log.exception("job handler crashed", extra={"job_id": job.id})
             await self._fail(job, f"{type(exc).__name__}: {exc}", permanent=False, retry_after=None)
+            self._hold_slot(started)
         else:
             if outcome is Outcome.COMPLETED:
                 self._m_succeeded.inc()
@@ -257,6 +270,18 @@ class Consumer:
                 if len(self._acks) >= self.config.ack_batch or len(self._acks) == 1:
                     self._ack_ready.set()
         self._finish(job)
+
+    def _hold_slot(self, started: float) -> None:
+        remaining = self.config.failure_hold_s - (time.monotonic() - started)
+        if remaining <= 0:
+            return
+        self._held += 1
+
+        def release() -> None:
+            self._held -= 1
+            self._slot_freed.set()
+
+        asyncio.get_running_loop().call_later(remaining, release)
 
     def _finish(self, job: ClaimedJob) -> None:
         if self._running.pop(job.id, None) is not None:
@@ -270,7 +295,12 @@ class Consumer:
         for attempt in range(5):
             try:
                 outcome = await queue.fail(
-                    self.pool, job.lease, error, delay_s=delay, permanent=permanent
+                    self.pool,
+                    job.lease,
+                    error,
+                    delay_s=delay,
+                    permanent=permanent,
+                    counted=self.config.count_failures,
                 )
                 break
             except Exception as exc:

@@ -146,12 +146,18 @@ async def complete(conn: Executor, leases: Iterable[Lease]) -> set[int]:
 
 
 async def fail(
-    conn: Executor, lease: Lease, error: str, *, delay_s: float, permanent: bool = False
+    conn: Executor,
+    lease: Lease,
+    error: str,
+    *,
+    delay_s: float,
+    permanent: bool = False,
+    counted: bool = True,
 ) -> FailOutcome:
     """Record a failed attempt: back to the queue after `delay_s`, or dead when permanent or
-    out of attempts."""
+    out of attempts. An uncounted failure (a canary's) gives the attempt back and never kills."""
     row = await conn.fetchrow(
-        queries.FAIL, lease.job_id, lease.token, error, permanent, float(delay_s)
+        queries.FAIL, lease.job_id, lease.token, error, permanent, float(delay_s), counted
     )
     if row is None:
         return FailOutcome(None, None)

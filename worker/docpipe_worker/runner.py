@@ -134,6 +134,8 @@ async def _serve(
             poll_interval_s=settings.poll_interval_seconds,
             revision=settings.revision,
             retry_policy=RetryPolicy(),
+            count_failures=not settings.canary,
+            failure_hold_s=settings.failure_hold_seconds,
         ),
     )
     stats_state = {"db_ok": True}

@@ -40,6 +40,9 @@ class WorkerSettings(BaseSettings):
     lease_seconds: float = Field(60.0, ge=1, le=3600)
     poll_interval_seconds: float = Field(2.0, gt=0, le=300)
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=3600)
+    # Set by the operator on canary workers: see ConsumerConfig.count_failures/failure_hold_s.
+    canary: bool = False
+    failure_hold_seconds: float = Field(0.0, ge=0, le=3600)
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9000, ge=0, le=65535)

@@ -148,6 +148,20 @@ async def test_job_goes_dead_after_max_attempts_with_its_last_error(pool: asyncp
     assert row["finished_at"] is not None
 
 
+async def test_uncounted_failures_hand_the_attempt_back_and_never_kill(pool: asyncpg.Pool) -> None:
+    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p", max_attempts=2)])
+    for permanent in (False, True, True):
+        (job,) = await queue.claim(pool, "p", 1, lease_s=30, worker="canary")
+        assert job.attempt == 1
+        outcome = await queue.fail(
+            pool, job.lease, "canary broke", delay_s=0, permanent=permanent, counted=False
+        )
+        assert outcome.status == "queued"
+    row = await queue.get(pool, job_id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["last_error"]) == ("queued", 0, "canary broke")
+
+
 async def test_dead_job_can_be_retried_by_hand_with_fresh_attempts(pool: asyncpg.Pool) -> None:
     (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p", max_attempts=1)])
     (job,) = await queue.claim(pool, "p", 1, lease_s=30, worker="w")
