@@ -57,11 +57,19 @@ def _vocabulary(size: int = 5000) -> list[str]:
 # which is not what an index meets in practice).
 WORDS = _vocabulary()
 WEIGHTS = [1.0 / (rank + 1) for rank in range(len(WORDS))]
+# Documents are about something: each belongs to one of TOPICS topics, and half of its words come
+# from that topic's own vocabulary (again Zipf-like). Without topics every chunk is a random draw
+# from one distribution and all embeddings sit at about the same distance from each other: the
+# worst case for an HNSW index, which neither real text nor real embeddings are.
+TOPICS = 50
+TOPIC_WORDS = [random.Random(1000 + t).sample(WORDS, 200) for t in range(TOPICS)]
+TOPIC_WEIGHTS = [1.0 / (rank + 1) for rank in range(200)]
 
 
 def make_document(i: int, size: int = 4096) -> bytes:
     """A markdown document of about `size` bytes with headings and paragraphs."""
     rng = random.Random(i)
+    topic = TOPIC_WORDS[rng.randrange(TOPICS)]
     parts = [f"# Survey report {i}\n"]
     section = 0
     while sum(len(p) for p in parts) < size:
@@ -69,10 +77,12 @@ def make_document(i: int, size: int = 4096) -> bytes:
             section += 1
             parts.append(f"\n## Section {section}\n")
         sentence_count = rng.randint(3, 6)
-        sentences = [
-            " ".join(rng.choices(WORDS, WEIGHTS, k=rng.randint(8, 16))).capitalize() + "."
-            for _ in range(sentence_count)
-        ]
+        sentences = []
+        for _ in range(sentence_count):
+            n = rng.randint(8, 16)
+            words = rng.choices(WORDS, WEIGHTS, k=n) + rng.choices(topic, TOPIC_WEIGHTS, k=n)
+            rng.shuffle(words)
+            sentences.append(" ".join(words[:n]).capitalize() + ".")
         parts.append("\n" + " ".join(sentences) + "\n")
     return "".join(parts)[:size].encode()
 
