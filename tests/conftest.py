@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,9 +28,15 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_server_url() -> str:
     """The session's Postgres server (embedded, with pgvector), admin database URL."""
-    data_dir: Path = tmp_path_factory.mktemp("pg")
+    # Not under pytest's basetemp: that is private to root (0700), and as root pgserver runs
+    # postgres and pg_ctl as its own system user, which then cannot stop the server at exit.
+    data_dir = Path(tempfile.mkdtemp(prefix="docpipe-tests-pg-"))
+    data_dir.chmod(0o755)
+    # Registered before the server starts, so it runs after pgserver's own exit hook that stops
+    # the server (atexit runs hooks last-in, first-out).
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
     url = start_embedded_postgres(data_dir)
 
     async def prepare_template() -> None:
