@@ -55,28 +55,28 @@ def pg_server_url() -> str:
     return url
 
 
+async def _create_database(server_url: str, template: str | None = None) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(
+            f"create database {name}" + (f" template {template}" if template else "")
+        )
+    finally:
+        await conn.close()
+    return _with_database(server_url, name)
+
+
 @pytest.fixture
 async def empty_database_url(pg_server_url: str) -> str:
     """A new database with nothing in it."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f"create database {name}")
-    finally:
-        await conn.close()
-    return _with_database(pg_server_url, name)
+    return await _create_database(pg_server_url)
 
 
 @pytest.fixture
 async def database_url(pg_server_url: str) -> str:
     """A new database with docpipe's schema (copied from a migrated template: fast)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f"create database {name} template {TEMPLATE_DB}")
-    finally:
-        await conn.close()
-    return _with_database(pg_server_url, name)
+    return await _create_database(pg_server_url, TEMPLATE_DB)
 
 
 @pytest.fixture
