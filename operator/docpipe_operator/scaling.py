@@ -5,14 +5,21 @@ Everything here is pure: the caller scrapes the workers (or queries Prometheus),
 
 The sizing rule, in slots (one slot runs one job; a worker has `concurrency` of them):
 
-    slots needed = jobs in flight now + ready jobs × seconds per job / target queue wait
+    slots needed = max(jobs in flight now, arrival rate × seconds per job)
+                   + ready jobs × seconds per job / target queue wait
     replicas     = ceil(slots needed / concurrency)
 
-The first term is the arrival rate the fleet is absorbing now (Little's law: in flight = rate ×
-job time); the second drains the backlog within the target wait. Seconds per job is measured from
-the succeeded counters (busy slot-seconds / jobs done over the last minute); until a job has been
-measured it is taken to be the target wait itself, which sizes the fleet to give every ready job a
-slot at once.
+The first term keeps up with the arrivals; the second drains the backlog within the target wait.
+Jobs in flight measure the arrival rate only while slots are free (Little's law: in flight = rate
+× job time): once every slot is busy they stop rising however fast jobs arrive. So the arrival
+rate is also measured directly, as jobs completed plus the growth of jobs in flight and of the
+backlog over the last `ARRIVAL_WINDOW_SECONDS` (every job that arrived is done, running or still
+ready), and the larger of the two wins.
+
+Seconds per job is measured from the succeeded counters (busy slot-seconds / jobs done over the
+last minute); until a job has been measured it is taken to be the target wait itself, which sizes
+the fleet to give every ready job a slot at once, and the measured arrival rate is not used (times
+an unmeasured job time it would say nothing).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from docpipe_operator.model import ScalingSpec
 TOLERANCE = 0.1
 # Job time is measured over this many seconds of counter samples (or 3 intervals, if longer).
 RATE_WINDOW_SECONDS = 60.0
+# The arrival rate is measured over this many seconds (or 2 intervals, if longer): short enough to
+# follow a rising load, long enough to span several completions.
+ARRIVAL_WINDOW_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class CounterSample:
     at: float
     succeeded: Mapping[str, float]
     in_flight: Mapping[str, float]
+    ready: float | None = None  # ready jobs in the queue; None when no queue metrics were read
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ class Decision:
     throughput_per_second: float | None = None
     seconds_per_job: float | None = None
     jobs_in_flight: float | None = None
+    arrival_per_second: float | None = None
 
     @property
     def changed(self) -> bool:
@@ -151,7 +163,11 @@ def decide_replicas(
         and idle_for >= policy.scale_to_zero.idle_seconds
     )
 
-    slots = load.in_flight + load.backlog * job_seconds / policy.target_queue_wait_seconds
+    arrival = _measure_arrival(samples, policy)
+    absorbing = load.in_flight
+    if arrival is not None and seconds_per_job is not None:
+        absorbing = max(absorbing, arrival * seconds_per_job)
+    slots = absorbing + load.backlog * job_seconds / policy.target_queue_wait_seconds
     raw = slots / concurrency
     recommendation = _recommend(raw, current, policy, load, zero_allowed)
     if pinned is not None:
@@ -164,7 +180,7 @@ def decide_replicas(
     )
     desired, action = _apply_limits(recommendation, current, policy, recent, zero_allowed, pinned)
 
-    figures = _describe_load(load, raw, job_seconds, seconds_per_job is not None)
+    figures = _describe_load(load, raw, job_seconds, seconds_per_job is not None, arrival)
     decision = Decision(
         desired=desired,
         reason=_reason(action, current, desired, figures, policy, idle_for, load.complete),
@@ -176,6 +192,7 @@ def decide_replicas(
         throughput_per_second=throughput,
         seconds_per_job=seconds_per_job,
         jobs_in_flight=load.in_flight if snapshot is not None else None,
+        arrival_per_second=arrival,
     )
     new_history = replace(
         history,
@@ -227,8 +244,37 @@ def _keep_samples(
         at=now,
         succeeded={p.name: p.jobs_succeeded or 0.0 for p in scraped},
         in_flight={p.name: p.jobs_in_flight or 0.0 for p in scraped},
+        ready=snapshot.queue.ready_jobs if snapshot.queue is not None else None,
     )
     return (*kept, sample)
+
+
+def _measure_arrival(samples: tuple[CounterSample, ...], policy: ScalingSpec) -> float | None:
+    """Jobs arriving per second over the arrival window: done + Δ in flight + Δ ready, per second.
+
+    Only consecutive samples that both read the queue count; a pod seen in one of two samples
+    contributes no completions to that step (its counter has no baseline).
+    """
+    if not samples:
+        return None
+    window = max(ARRIVAL_WINDOW_SECONDS, 2.0 * policy.interval_seconds)
+    recent = [s for s in samples if s.at >= samples[-1].at - window]
+    arrived = 0.0
+    span = 0.0
+    for before, after in itertools.pairwise(recent):
+        if before.ready is None or after.ready is None:
+            continue
+        done = 0.0
+        for pod, value in after.succeeded.items():
+            if pod in before.succeeded:
+                previous = before.succeeded[pod]
+                done += value - previous if value >= previous else value
+        growth = sum(after.in_flight.values()) - sum(before.in_flight.values())
+        arrived += done + growth + after.ready - before.ready
+        span += after.at - before.at
+    if span <= 0:
+        return None
+    return max(arrived / span, 0.0)
 
 
 def _measure_rates(samples: tuple[CounterSample, ...]) -> tuple[float | None, float | None]:
@@ -300,13 +346,17 @@ def _apply_limits(
     return current, "steady"
 
 
-def _describe_load(load: _Load, raw: float, job_seconds: float, measured: bool) -> str:
+def _describe_load(
+    load: _Load, raw: float, job_seconds: float, measured: bool, arrival: float | None
+) -> str:
     if load.problem and load.in_flight == 0 and load.backlog == 0:
         return load.problem
     parts = [
         f"load needs {math.ceil(raw - 1e-9)} workers",
         f"{load.in_flight:g} jobs in flight, {load.backlog:g} ready",
     ]
+    if arrival is not None and measured:
+        parts.append(f"{arrival:.2g} arriving/s")
     if load.oldest_age is not None and load.backlog > 0:
         parts.append(f"oldest waiting {load.oldest_age:.0f}s")
     timing = f"jobs take {job_seconds:.1f}s" if measured else f"assuming {job_seconds:g}s per job"

@@ -340,6 +340,62 @@ def test_counter_samples_older_than_the_rate_window_are_dropped() -> None:
     assert [s.at for s in history.samples] == [NOW - 30, NOW]
 
 
+def test_a_saturated_fleet_is_sized_for_the_arrivals_it_cannot_absorb() -> None:
+    # Every slot busy for 30 s, 120 jobs done (2 s each) while the backlog grew by 120: jobs
+    # arrive at 8/s, which needs 16 slots, plus 120 ready × 2 s / 30 s = 8 slots to drain:
+    # 6 workers. Jobs in flight alone (8) would have asked for 4.
+    earlier = CounterSample(
+        at=NOW - 30, succeeded={"w-0": 0, "w-1": 0}, in_flight={"w-0": 4, "w-1": 4}, ready=0
+    )
+    history = ScalingHistory(samples=(earlier,))
+
+    decision, _ = decide(
+        snapshot([4, 4], ready_jobs=120, succeeded=[60, 60]), current=2, history=history
+    )
+
+    assert decision.arrival_per_second == pytest.approx(8.0)
+    assert decision.seconds_per_job == pytest.approx(2.0)
+    assert decision.desired == 6
+    assert "8 arriving/s" in decision.reason
+
+
+def test_a_draining_backlog_counts_against_the_arrival_rate() -> None:
+    # 120 done in 30 s while the backlog fell by 90: only 1 job/s arrived.
+    earlier = CounterSample(
+        at=NOW - 30, succeeded={"w-0": 0, "w-1": 0}, in_flight={"w-0": 4, "w-1": 4}, ready=100
+    )
+    history = ScalingHistory(samples=(earlier,))
+
+    decision, _ = decide(
+        snapshot([4, 4], ready_jobs=10, succeeded=[60, 60]), current=2, history=history
+    )
+
+    assert decision.arrival_per_second == pytest.approx(1.0)
+
+
+def test_arrivals_are_not_measured_across_a_sample_without_queue_metrics() -> None:
+    earlier = CounterSample(at=NOW - 30, succeeded={"w-0": 0}, in_flight={"w-0": 4}, ready=None)
+    history = ScalingHistory(samples=(earlier,), seconds_per_job=2.0)
+
+    decision, _ = decide(snapshot([4], ready_jobs=50, succeeded=[60]), current=1, history=history)
+
+    assert decision.arrival_per_second is None
+
+
+def test_measured_arrivals_are_ignored_until_a_job_time_is_measured() -> None:
+    # Arrivals × the fallback job time (the target wait) would ask for 10 × 30 = 300 slots.
+    earlier = CounterSample(at=NOW - 10, succeeded={"w-0": 0}, in_flight={"w-0": 0}, ready=0)
+    history = ScalingHistory(samples=(earlier,))
+
+    scaling = policy(max_replicas=1000)
+
+    decision, _ = decide(snapshot([0], ready_jobs=100), 1, scaling, history)
+
+    assert decision.arrival_per_second == pytest.approx(10.0)
+    # Only the backlog counts: 100 ready × 30 s / 30 s = 100 slots = 25 workers.
+    assert decision.recommendation == 25
+
+
 def test_decision_reports_queue_figures_for_the_status() -> None:
     decision, _ = decide(snapshot([1], ready_jobs=7, oldest=4.5), current=1)
 
@@ -418,7 +474,23 @@ def histories(draw: st.DrawFn) -> ScalingHistory:
             max_size=5,
         )
     )
+    # Optionally an earlier sample, so that the arrival rate is measured too.
+    earlier = draw(
+        st.none()
+        | st.builds(
+            CounterSample,
+            at=st.floats(NOW - 60, NOW - 1),
+            succeeded=st.dictionaries(
+                st.sampled_from([f"w-{i}" for i in range(4)]), st.integers(0, 10_000)
+            ),
+            in_flight=st.dictionaries(
+                st.sampled_from([f"w-{i}" for i in range(4)]), st.integers(0, CONCURRENCY)
+            ),
+            ready=st.none() | st.integers(0, 5000).map(float),
+        )
+    )
     return ScalingHistory(
+        samples=() if earlier is None else (earlier,),
         recommendations=tuple(sorted(recommendations, key=lambda r: r.at)),
         last_busy_at=draw(st.none() | st.floats(NOW - 2000, NOW)),
         seconds_per_job=draw(st.none() | st.floats(0.1, 600)),
