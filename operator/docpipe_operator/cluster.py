@@ -59,6 +59,7 @@ PIPELINES = Resource(GROUP, VERSION, PLURAL)
 PIPELINE_STATUS = Resource(GROUP, VERSION, PLURAL, subresource="status")
 EVENTS = Resource("", "v1", "events")
 PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
+NAMESPACED_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
 
 # What this module's client does, and why; `_call` refuses anything else.
@@ -85,10 +86,25 @@ FRAMEWORK_CALLS: dict[Resource, frozenset[str]] = {
 }
 
 
-def required_permissions() -> dict[tuple[str, str], frozenset[str]]:
-    """(API group, RBAC resource) → verbs: what the operator and Kopf together call."""
+# Serving only some namespaces (`docpipe operator --namespace=NS`), Kopf peers in a KopfPeering in
+# each of them and, with scanning off, neither lists namespaces nor follows CRDs: nothing
+# cluster-wide is called, and everything is granted per namespace.
+NAMESPACED_FRAMEWORK_CALLS: dict[Resource, frozenset[str]] = {
+    PIPELINES: frozenset({"list", "watch", "patch"}),
+    PIPELINE_STATUS: frozenset({"patch"}),
+    EVENTS: frozenset({"create"}),
+    NAMESPACED_PEERINGS: frozenset({"get", "list", "watch", "patch"}),
+}
+
+
+def required_permissions(*, namespaced: bool = False) -> dict[tuple[str, str], frozenset[str]]:
+    """(API group, RBAC resource) → verbs: what the operator and Kopf together call.
+
+    `namespaced`: when serving only some namespaces, all of it granted in each of them.
+    """
     needed: dict[tuple[str, str], frozenset[str]] = {}
-    for table in (OPERATOR_CALLS, FRAMEWORK_CALLS):
+    framework = NAMESPACED_FRAMEWORK_CALLS if namespaced else FRAMEWORK_CALLS
+    for table in (OPERATOR_CALLS, framework):
         for resource, verbs in table.items():
             key = (resource.group, resource.rbac_resource)
             needed[key] = needed.get(key, frozenset()) | verbs

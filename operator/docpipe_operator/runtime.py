@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Sequence
 
 import kopf
 
@@ -24,8 +25,14 @@ CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 60.0
 
 
-def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
-    """Production settings: watch timeouts, own finalizer and annotation prefix, quiet Events."""
+def configure(
+    settings: kopf.OperatorSettings, *, namespaces: Sequence[str] = ()
+) -> kopf.OperatorSettings:
+    """Production settings: watch timeouts, own finalizer and annotation prefix, quiet Events.
+
+    With `namespaces`, the operator serves only those (peering in a KopfPeering in each) and
+    neither lists namespaces nor follows CRDs: a namespaced install grants neither.
+    """
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = CONNECT_TIMEOUT
@@ -39,7 +46,8 @@ def configure(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
     # Handler logs become Events only from warnings up; the operator posts its own Events.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "docpipe-operator"
-    settings.peering.clusterwide = True
+    settings.peering.clusterwide = not namespaces
+    settings.scanning.disabled = bool(namespaces)
     return settings
 
 
@@ -57,12 +65,14 @@ async def run_operator(
     priority: int | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
+    namespaces: Sequence[str] = (),
 ) -> None:
-    """Run the operator over every namespace until stopped (or signalled)."""
+    """Run the operator over `namespaces` (every namespace if none) until stopped or signalled."""
     await kopf.operator(
         registry=build_registry(),
-        settings=configure(kopf.OperatorSettings()),
-        clusterwide=True,
+        settings=configure(kopf.OperatorSettings(), namespaces=namespaces),
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
         standalone=standalone,
         # Peering: replicas of equal priority would all pause, so each picks its own at random;
         # the highest one acts, the others stand by until its heartbeat stops.

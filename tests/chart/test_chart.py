@@ -105,7 +105,7 @@ def test_only_known_custom_kinds_are_left_to_other_checks(
 ) -> None:
     _, custom = split_custom(rendered(render, "all-options"))
     assert {m["kind"] for m in custom} == {
-        "ClusterKopfPeering",
+        "KopfPeering",  # all-options is namespaced: a peering per watched namespace
         "DocumentPipeline",
         "PodMonitor",
         "PrometheusRule",

@@ -1,5 +1,7 @@
-"""The chart's RBAC grants exactly what manifests/base/rbac.yaml grants (which a unit test holds to
-the calls of the operator's code), in both scopes, and binds it to the operator's account."""
+"""The chart's RBAC grants exactly what the operator calls, in both scopes, and binds it to the
+operator's account: in cluster scope what manifests/base/rbac.yaml grants (which a unit test holds
+to the calls of the operator's code); in namespaced scope what the code calls when it serves only
+some namespaces, in each of them."""
 
 from __future__ import annotations
 
@@ -9,15 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
+from docpipe_operator import cluster as operator_cluster
 from tests.chart.binaries import ROOT
 from tests.chart.rendering import Manifest, find, kustomize
 
 RBAC_YAML = ROOT / "manifests" / "base" / "rbac.yaml"
 Grants = dict[tuple[str, str], frozenset[str]]
-# Resources without a namespace: their rules must sit in a ClusterRole even in namespaced scope.
-CLUSTER_SCOPED = frozenset(
-    {("kopf.dev", "clusterkopfpeerings"), ("apiextensions.k8s.io", "customresourcedefinitions")}
-)
 
 
 def grants(roles: Iterable[Manifest]) -> Grants:
@@ -54,21 +53,52 @@ def test_cluster_scope_grants_exactly_the_reference_rules(
 
 
 @pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]])
-def test_namespaced_scope_grants_the_reference_rules_in_each_namespace(
+def test_namespaced_scope_grants_exactly_the_namespaced_calls_in_each_namespace(
     render: Callable[..., list[Manifest]], namespaces: list[str]
 ) -> None:
     objects = render(**{"rbac.scope": "namespaced", "rbac.watchNamespaces": namespaces})
     expected_namespaces = namespaces or ["docpipe-system"]
     roles = roles_of(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(expected_namespaces)
-    cluster = grants(roles_of(objects, "ClusterRole"))
-    reference = reference_grants()
-    # Cluster-wide only what has no namespace; everything else per namespace.
-    assert cluster == {k: v for k, v in reference.items() if k in CLUSTER_SCOPED}
+    # Nothing cluster-wide: the operator then calls nothing without a namespace.
+    assert roles_of(objects, "ClusterRole") == []
+    assert roles_of(objects, "ClusterRoleBinding") == []
     for role in roles:
-        assert grants([role]) == {k: v for k, v in reference.items() if k not in CLUSTER_SCOPED}
+        assert grants([role]) == operator_cluster.required_permissions(namespaced=True)
     bindings = roles_of(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(expected_namespaces)
+
+
+@pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]])
+def test_namespaced_scope_peers_in_each_namespace_the_operator_is_told_to_watch(
+    render: Callable[..., list[Manifest]], namespaces: list[str]
+) -> None:
+    objects = render(**{"rbac.scope": "namespaced", "rbac.watchNamespaces": namespaces})
+    expected_namespaces = namespaces or ["docpipe-system"]
+    peerings = roles_of(objects, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == sorted(expected_namespaces)
+    assert {p["metadata"]["name"] for p in peerings} == {"docpipe"}
+    assert roles_of(objects, "ClusterKopfPeering") == []
+    operator = find(objects, "Deployment", "docpipe-operator")
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    watched = [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")]
+    assert sorted(watched) == sorted(expected_namespaces)
+    # The operator's own parser takes them.
+    from docpipe_worker.cli import build_parser
+
+    parsed = build_parser().parse_args(["operator", *args])
+    assert sorted(parsed.namespace) == sorted(expected_namespaces)
+
+
+def test_cluster_scope_peers_cluster_wide_and_names_no_namespace(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    objects = render()
+    assert [p["metadata"]["name"] for p in roles_of(objects, "ClusterKopfPeering")] == ["docpipe"]
+    assert roles_of(objects, "KopfPeering") == []
+    operator = find(objects, "Deployment", "docpipe-operator")
+    args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--namespace")]
 
 
 def test_a_missing_rule_would_be_noticed(render: Callable[..., list[Manifest]]) -> None:

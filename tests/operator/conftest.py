@@ -85,6 +85,7 @@ class OperatorProcess:
     """The real operator running in this event loop; `restart` stops and starts it."""
 
     liveness_url: str
+    namespaces: tuple[str, ...] = ()  # served namespaces; none: every namespace
     task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -97,6 +98,7 @@ class OperatorProcess:
                 stop_flag=self.stop,
                 ready_flag=ready,
                 priority=100,
+                namespaces=self.namespaces,
             )
         )
         done, _ = await asyncio.wait(

@@ -194,7 +194,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     liveness = None if args.liveness == "off" else args.liveness
     try:
-        asyncio.run(run_operator(liveness_endpoint=liveness, standalone=args.standalone))
+        asyncio.run(
+            run_operator(
+                liveness_endpoint=liveness,
+                standalone=args.standalone,
+                namespaces=args.namespace,
+            )
+        )
     except kopf.LoginError as exc:
         raise StartupError(str(exc)) from None
     return 0
@@ -449,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--standalone",
         action="store_true",
         help="skip peering (only when exactly one operator runs)",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only this namespace (repeat for several; default: every namespace)",
     )
     p.set_defaults(func=cmd_operator)
     return parser
