@@ -66,3 +66,20 @@ def test_unknown_job_is_a_clear_error(database_url: str) -> None:
     result = docpipe("jobs", "show", "999999", url=database_url)
     assert result.returncode == 2
     assert "no job with id 999999" in result.stderr
+
+
+async def test_purge_needs_an_age_and_reports_what_it_deleted(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    [job_id] = await queue.enqueue(pool, [NewJob(pipeline="alpha")])
+    await pool.execute(
+        "update docpipe.jobs set status = 'succeeded', finished_at = now() - interval '40 days'"
+        " where id = $1",
+        job_id,
+    )
+    missing = docpipe("jobs", "purge", url=database_url)
+    assert missing.returncode == 2
+    assert "--older-than-days" in missing.stderr
+    result = docpipe("jobs", "purge", "--older-than-days", "30", "--json", url=database_url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"deleted": 1}

@@ -69,6 +69,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                             f" {r.oldest_ready_age_s:>8.1f}s"
                         )
                 return 0
+            if args.action == "purge":
+                return await _purge(conn, args)
             if args.job_id is None:
                 raise UsageError(f"docpipe jobs {args.action} needs a job id")
             if args.action == "show":
@@ -338,6 +340,32 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _purge(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    days = args.older_than_days
+    if days is None or days < 0:
+        raise UsageError("docpipe jobs purge needs --older-than-days N (N >= 0)")
+    with Progress(transient=True, disable=args.json) as progress:
+        task = progress.add_task("purging", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        deleted = await queue.purge(
+            conn,
+            older_than_s=days * 86_400,
+            include_dead=args.include_dead,
+            on_progress=advance,
+        )
+    kinds = "succeeded, cancelled and dead" if args.include_dead else "succeeded and cancelled"
+    if args.json:
+        print(json.dumps({"deleted": deleted}))
+    else:
+        print(f"deleted {deleted} {kinds} jobs finished more than {days:g} days ago")
+    return 0
+
+
 def _row(stats: queue.PipelineStats) -> dict[str, object]:
     return {
         "pipeline": stats.pipeline,
@@ -366,8 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("jobs", help="inspect and steer the job queue")
-    p.add_argument("action", choices=["stats", "show", "retry", "cancel"])
+    p.add_argument("action", choices=["stats", "show", "retry", "cancel", "purge"])
     p.add_argument("job_id", nargs="?", type=int)
+    p.add_argument(
+        "--older-than-days",
+        type=float,
+        default=None,
+        help="purge: delete jobs that finished more than this many days ago (required)",
+    )
+    p.add_argument(
+        "--include-dead", action="store_true", help="purge: dead jobs too (kept by default)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _database_arg(p)
     p.set_defaults(func=cmd_jobs)

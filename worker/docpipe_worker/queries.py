@@ -176,3 +176,14 @@ order by 1
 NEXT_RUN_AFTER = """
 select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1
 """
+
+# Retention: finished jobs older than a cutoff, one primary-key range at a time, so each batch is a
+# short statement that reads only its own range (finished_at has no index: one would cost every
+# completion an index insert). Live jobs are never touched.
+PURGE_RANGE = """
+delete from docpipe.jobs
+where id >= $1 and id < $2 and status = any($3::text[])
+  and finished_at < now() - make_interval(secs => $4)
+"""
+
+ID_RANGE = "select min(id), max(id) from docpipe.jobs"

@@ -7,7 +7,7 @@ by `docpipe_worker.retry`, the consuming loop lives in `docpipe_worker.consumer`
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -216,3 +216,36 @@ async def next_run_after(conn: Executor, pipeline: str) -> datetime | None:
     """When the pipeline's earliest queued job becomes ready (None: nothing queued)."""
     value: datetime | None = await conn.fetchval(queries.NEXT_RUN_AFTER, pipeline)
     return value
+
+
+FINISHED_STATUSES = ("succeeded", "cancelled")
+
+
+async def purge(
+    conn: Executor,
+    *,
+    older_than_s: float,
+    include_dead: bool = False,
+    ids_per_batch: int = 50_000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Delete jobs that finished more than `older_than_s` ago (succeeded and cancelled; dead too
+    with `include_dead`); return how many. `on_progress(done_ids, total_ids)` follows the scan."""
+    if older_than_s < 0:
+        raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
+    if ids_per_batch < 1:
+        raise ValueError(f"ids_per_batch must be >= 1, got {ids_per_batch}")
+    statuses = [*FINISHED_STATUSES, "dead"] if include_dead else list(FINISHED_STATUSES)
+    low, high = await conn.fetchrow(queries.ID_RANGE) or (None, None)
+    if low is None or high is None:
+        return 0
+    deleted = 0
+    total = high - low + 1
+    for start in range(low, high + 1, ids_per_batch):
+        status = await conn.execute(
+            queries.PURGE_RANGE, start, start + ids_per_batch, statuses, float(older_than_s)
+        )
+        deleted += int(status.split()[-1])
+        if on_progress is not None:
+            on_progress(min(start + ids_per_batch, high + 1) - low, total)
+    return deleted

@@ -246,3 +246,40 @@ async def test_hot_queries_read_their_partial_index(
     for index in indexes:
         assert index in plan, plan
     assert "Seq Scan on jobs" not in plan, plan
+
+
+async def test_purge_deletes_old_finished_jobs_only(pool: asyncpg.Pool) -> None:
+    ids = await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(6)])
+    old_done, old_cancelled, old_dead, new_done, running, queued = ids
+    for job_id, status in (
+        (old_done, "succeeded"),
+        (old_cancelled, "cancelled"),
+        (old_dead, "dead"),
+        (new_done, "succeeded"),
+        (running, "running"),
+    ):
+        await pool.execute(
+            "update docpipe.jobs set status = $2, finished_at = case when $2 = 'running'"
+            " then null else now() - interval '10 days' end where id = $1",
+            job_id,
+            status,
+        )
+    await pool.execute("update docpipe.jobs set finished_at = now() where id = $1", new_done)
+    seen: list[tuple[int, int]] = []
+
+    deleted = await queue.purge(
+        pool, older_than_s=7 * 86_400, ids_per_batch=2, on_progress=lambda d, t: seen.append((d, t))
+    )
+    assert deleted == 2
+    left = {r[0] for r in await pool.fetch("select id from docpipe.jobs")}
+    assert left == {old_dead, new_done, running, queued}
+    assert seen == [(2, 6), (4, 6), (6, 6)]
+
+    assert await queue.purge(pool, older_than_s=7 * 86_400, include_dead=True) == 1
+    assert await queue.purge(pool, older_than_s=0, include_dead=True) == 1  # new_done
+    left = {r[0] for r in await pool.fetch("select id from docpipe.jobs")}
+    assert left == {running, queued}
+
+
+async def test_purge_of_an_empty_queue_deletes_nothing(pool: asyncpg.Pool) -> None:
+    assert await queue.purge(pool, older_than_s=0) == 0

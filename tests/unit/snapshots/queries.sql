@@ -65,8 +65,16 @@ from unnest($1::bigint[], $2::uuid[]) as l(id, token)
 where j.id = l.id and j.lease_token = l.token
 returning j.id;
 
+-- ID_RANGE
+select min(id), max(id) from docpipe.jobs;
+
 -- NEXT_RUN_AFTER
 select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1;
+
+-- PURGE_RANGE
+delete from docpipe.jobs
+where id >= $1 and id < $2 and status = any($3::text[])
+  and finished_at < now() - make_interval(secs => $4);
 
 -- RELEASE
 with released as (
