@@ -4,6 +4,7 @@ with default values and with every option on, refuses bad values with a message 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ def test_operator_probes_its_liveness_port(render: Callable[..., list[Manifest]]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
-@pytest.mark.parametrize("component", ["api", "mocks", "migrate"])
+@pytest.mark.parametrize("component", ["mocks", "migrate"])
 def test_helper_commands_are_ones_the_docpipe_cli_accepts(
     render: Callable[..., list[Manifest]], component: str
 ) -> None:
@@ -267,8 +268,69 @@ def test_api_environment_names_settings_the_api_reads(
     assert container["ports"][0]["containerPort"] == int(port)
 
 
+# API installs the chart should accept, each with what `docpipe api` must then accept.
+API_BASE = {"api.enabled": True, "api.databaseUrlSecretRef.name": "db"}
+API_VALUE_SETS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "all-options": ((ALL_OPTIONS,), {}),
+    "openai-hs256": (
+        (),
+        {**API_BASE, "api.jwtSecretRef.name": "jwt", "api.openaiApiKeySecretRef.name": "oa"},
+    ),
+    "openai-rs256": (
+        (),
+        {
+            **API_BASE,
+            "api.openaiApiKeySecretRef.name": "oa",
+            "api.extraEnv[0].name": "DOCPIPE_API_JWT_JWKS_FILE",
+            "api.extraEnv[0].value": "/keys/jwks.json",
+        },
+    ),
+}
+# A stand-in for every Secret's value: long enough for an HS256 secret, not the development one.
+SECRET_STAND_IN = "chart-test-secret-" + "x" * 46
+
+
+@pytest.mark.parametrize("value_set", sorted(API_VALUE_SETS))
+def test_api_environment_is_a_configuration_docpipe_api_accepts(
+    render: Callable[..., list[Manifest]], monkeypatch: pytest.MonkeyPatch, value_set: str
+) -> None:
+    from docpipe_worker.api.settings import ApiSettings
+    from docpipe_worker.settings import load_settings
+
+    files, settings = API_VALUE_SETS[value_set]
+    deployment = next(
+        m
+        for m in render(*files, **settings)
+        if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("-api")
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert [*container["command"], *container.get("args", [])] == ["docpipe", "api"]
+    # Only what the chart sets: `docpipe api` in the pod sees nothing else of ours.
+    for name in list(os.environ):
+        if name.startswith(("DOCPIPE_", "OPENAI_")) or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    for entry in container["env"]:
+        value = entry.get("value", SECRET_STAND_IN)
+        assert "secretKeyRef" in entry.get("valueFrom", {}) or "value" in entry, entry
+        monkeypatch.setenv(entry["name"], value)
+
+    api = load_settings(ApiSettings)  # SettingsError names what `docpipe api` would refuse
+
+    assert api.database_url == SECRET_STAND_IN
+    assert str(api.port) == str(container["ports"][0]["containerPort"])
+    if api.jwt_secret is not None:
+        api.verification_keys()  # an HS256 secret the API can use
+
+
+def test_api_without_a_token_key_is_refused_at_install(helm: str) -> None:
+    settings = {**API_BASE, "api.openaiApiKeySecretRef.name": "oa"}
+    done = run(helm_template_args(helm, settings=settings), check=False)
+    assert done.returncode != 0
+    assert "api.jwtSecretRef.name is required when api.enabled is true" in done.stderr
+
+
 def test_api_needs_an_openai_key_unless_it_uses_the_mocks(helm: str) -> None:
-    settings = {"api.enabled": True, "api.databaseUrlSecretRef.name": "db"}
+    settings = {**API_BASE, "api.jwtSecretRef.name": "jwt"}
     done = run(helm_template_args(helm, settings=settings), check=False)
     assert done.returncode != 0
     assert "api.openaiApiKeySecretRef.name is required unless api.useMocks" in done.stderr
