@@ -22,6 +22,8 @@ from pathlib import Path
 # bench/queue.py shares its name with the standard library's queue module: keep bench/ off the
 # import path (it is sys.path[0] when a script here runs), here and in the processes we start.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# The repository root instead, for the shared corpus generator (bench.corpus).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
@@ -29,7 +31,6 @@ import contextlib
 import json
 import os
 import pstats
-import random
 import signal
 import tempfile
 import time
@@ -39,52 +40,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.corpus import make_document
 from docpipe_worker.database import create_pool
 from docpipe_worker.devstack import free_port
 from docpipe_worker.embedded import start_embedded_postgres
 from docpipe_worker.migrator import migrate
 from docpipe_worker.queue import NewJob, enqueue
-
-
-def _vocabulary(size: int = 5000) -> list[str]:
-    rng = random.Random(0)
-    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"]
-    return ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(size)]
-
-
-# Words drawn with Zipf-like frequencies from a large vocabulary, as in natural text: documents
-# share common words and differ in rare ones (a tiny vocabulary would make every embedding alike,
-# which is not what an index meets in practice).
-WORDS = _vocabulary()
-WEIGHTS = [1.0 / (rank + 1) for rank in range(len(WORDS))]
-# Documents are about something: each belongs to one of TOPICS topics, and half of its words come
-# from that topic's own vocabulary (again Zipf-like). Without topics every chunk is a random draw
-# from one distribution and all embeddings sit at about the same distance from each other: the
-# worst case for an HNSW index, which neither real text nor real embeddings are.
-TOPICS = 50
-TOPIC_WORDS = [random.Random(1000 + t).sample(WORDS, 200) for t in range(TOPICS)]
-TOPIC_WEIGHTS = [1.0 / (rank + 1) for rank in range(200)]
-
-
-def make_document(i: int, size: int = 4096) -> bytes:
-    """A markdown document of about `size` bytes with headings and paragraphs."""
-    rng = random.Random(i)
-    topic = TOPIC_WORDS[rng.randrange(TOPICS)]
-    parts = [f"# Survey report {i}\n"]
-    section = 0
-    while sum(len(p) for p in parts) < size:
-        if rng.random() < 0.2:
-            section += 1
-            parts.append(f"\n## Section {section}\n")
-        sentence_count = rng.randint(3, 6)
-        sentences = []
-        for _ in range(sentence_count):
-            n = rng.randint(8, 16)
-            words = rng.choices(WORDS, WEIGHTS, k=n) + rng.choices(topic, TOPIC_WEIGHTS, k=n)
-            rng.shuffle(words)
-            sentences.append(" ".join(words[:n]).capitalize() + ".")
-        parts.append("\n" + " ".join(sentences) + "\n")
-    return "".join(parts)[:size].encode()
 
 
 @dataclass

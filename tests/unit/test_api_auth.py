@@ -18,6 +18,7 @@ from jwt.algorithms import RSAAlgorithm
 from docpipe_worker.api.auth import (
     AuthError,
     KeyConfigError,
+    Principal,
     TokenVerifier,
     jwks_file_keys,
     mint_token,
@@ -179,3 +180,73 @@ def test_a_jwks_file_without_rsa_keys_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"keys": [{"kty": "oct", "k": "abc"}]}))
     with pytest.raises(KeyConfigError, match="no RSA signing key"):
         jwks_file_keys(path)
+
+
+class CountingVerifier(TokenVerifier):
+    """Counts the tokens it checks in full, i.e. those it did not find among the verified."""
+
+    checked = 0
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
+        self.checked += 1
+        return super()._verify(token)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_verified_token_is_not_checked_again_within_the_cache_time() -> None:
+    clock = Clock()
+    verifier = CountingVerifier(secret_keys(SECRET), leeway_s=0, cache_s=60, clock=clock)
+    token = jwt.encode(claims(exp=int(clock.now) + 3600), SECRET, algorithm="HS256")
+    assert verifier.verify(token) == verifier.verify(token)
+    assert verifier.checked == 1
+    clock.now += 61
+    verifier.verify(token)
+    assert verifier.checked == 2
+
+
+def test_a_verified_token_is_checked_again_after_its_exp() -> None:
+    clock = Clock()
+    verifier = CountingVerifier(secret_keys(SECRET), leeway_s=0, cache_s=600, clock=clock)
+    token = jwt.encode(claims(exp=int(clock.now) + 30), SECRET, algorithm="HS256")
+    verifier.verify(token)
+    clock.now += 31
+    verifier.verify(token)  # still valid by the real clock, but checked in full
+    assert verifier.checked == 2
+
+
+def test_a_remembered_token_is_refused_once_it_has_expired() -> None:
+    verifier = hs_verifier()
+    exp = int(time.time()) + 1
+    token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
+    assert verifier.verify(token).subject == "alice"
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(token)
+
+
+def test_a_token_differing_from_a_remembered_one_in_its_signature_is_refused() -> None:
+    verifier = hs_verifier()
+    token = jwt.encode(claims(), SECRET, algorithm="HS256")
+    verifier.verify(token)
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(AuthError):
+        verifier.verify(forged)
+
+
+def test_the_cache_forgets_the_oldest_tokens_beyond_its_size() -> None:
+    verifier = CountingVerifier(secret_keys(SECRET), leeway_s=0, cache_size=2)
+    tokens = [jwt.encode(claims(sub=f"user{i}"), SECRET, algorithm="HS256") for i in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+    verifier.verify(tokens[2])
+    assert verifier.checked == 3
+    verifier.verify(tokens[0])
+    assert verifier.checked == 4

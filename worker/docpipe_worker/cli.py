@@ -292,7 +292,13 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = load_settings(ApiSettings)
     configure_logging(json_logs=settings.log_format == "json", level=settings.log_level)
-    asyncio.run(run_api(settings))
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run_api(settings))
     return 0
 
 

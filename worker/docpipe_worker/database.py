@@ -39,20 +39,31 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 WORKER_SESSION = {"synchronous_commit": "off"}
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def create_pool(
     url: str,
     *,
     min_size: int = 1,
     max_size: int = 10,
     server_settings: dict[str, str] | None = None,
+    reset_session: bool = True,
 ) -> asyncpg.Pool:
-    """A connection pool with docpipe's codecs on every connection."""
+    """A connection pool with docpipe's codecs on every connection.
+
+    `reset_session=False` is for users that leave no session state behind (no SET, LISTEN,
+    session advisory locks or held cursors): a released connection then skips asyncpg's reset
+    statement, one round trip per release. An open transaction is rolled back either way.
+    """
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
         server_settings=server_settings,
+        reset=None if reset_session else _keep_session,
     )
     assert pool is not None  # asyncpg types create_pool as optional for its awaitable form
     return pool

@@ -63,4 +63,14 @@ API_REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+# Searches answered by computing every candidate's distance instead of by the HNSW index: asked
+# to (`document_filter`), or because the index's candidates held fewer than top_k of the owner's
+# chunks after the owner filter (`too_few_hits`). Many of the latter mean hnsw.ef_search is low
+# for how the chunks are spread over owners.
+API_SEARCH_EXACT = Counter(
+    "docpipe_api_search_exact",
+    "Searches the intake API answered with an exact scan instead of the HNSW index, by reason.",
+    ("reason",),
+)
+
 BUILD_INFO = Info("docpipe_build", "Version and revision of the running docpipe build.")

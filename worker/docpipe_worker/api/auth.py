@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,13 @@ REALM = "docpipe"
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
 MIN_SECRET_BYTES = 32
+
+# Verified tokens remembered at most this long, and at most this many: a client sends the same
+# token with every request, and checking it again (base64, JSON, HMAC or RSA) is a large part of
+# a cheap request's time. Only tokens that verified are remembered, so only holders of valid
+# tokens can fill the cache.
+TOKEN_CACHE_MAX_S = 300.0
+TOKEN_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +124,8 @@ def jwks_file_keys(path: Path) -> VerificationKeys:
 
 class TokenVerifier:
     """Checks `Authorization: Bearer <jwt>`: signature, `exp` (required), `nbf`, issuer and
-    audience when configured, and a `sub`."""
+    audience when configured, and a `sub`. A token that verified is remembered until its `exp`
+    (at most `cache_s` seconds) and not checked again meanwhile."""
 
     def __init__(
         self,
@@ -126,11 +134,20 @@ class TokenVerifier:
         issuer: str | None = None,
         audience: str | None = None,
         leeway_s: float = 30.0,
+        cache_s: float = TOKEN_CACHE_MAX_S,
+        cache_size: int = TOKEN_CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
+        self._cache_s = cache_s
+        self._cache_size = cache_size
+        self._clock = clock
+        # token -> (principal, until): keyed by the whole token, signature included, so a token
+        # differing in any byte from one that verified is checked in full.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify_header(self, authorization: str | None) -> Principal:
         """The principal of an Authorization header value; AuthError when it is not valid."""
@@ -143,6 +160,28 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         """The principal of a JWT; AuthError when it is not valid."""
+        now = self._clock()
+        known = self._verified.get(token)
+        if known is not None:
+            if now < known[1]:
+                return known[0]
+            del self._verified[token]
+        principal, expires = self._verify(token)
+        if self._cache_s > 0:
+            if len(self._verified) >= self._cache_size:
+                self._forget_expired(now)
+            # `exp` without the leeway: after it the token is checked in full again, and the
+            # leeway then applies as it would have without the cache.
+            self._verified[token] = (principal, min(expires, now + self._cache_s))
+        return principal
+
+    def _forget_expired(self, now: float) -> None:
+        self._verified = {t: entry for t, entry in self._verified.items() if now < entry[1]}
+        while len(self._verified) >= self._cache_size:
+            # Still full of live tokens: drop the oldest entries (dicts keep insertion order).
+            del self._verified[next(iter(self._verified))]
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
             key = self._key_for(header)
@@ -178,7 +217,8 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 255:
             raise AuthError("the token's 'sub' must be a string of 1 to 255 characters")
-        return Principal(subject=subject, scopes=_scopes(claims))
+        # pyjwt has checked that `exp` is present and a number.
+        return Principal(subject=subject, scopes=_scopes(claims)), float(claims["exp"])
 
     def _key_for(self, header: Mapping[str, Any]) -> Any:
         if self._keys.secret is not None:

@@ -161,6 +161,8 @@ def build_openapi() -> dict[str, Any]:
                         "file": {
                             "type": "string",
                             "format": "binary",
+                            # An empty file is refused (422): there is nothing to process.
+                            "minLength": 1,
                             "contentMediaType": "application/octet-stream",
                             "description": "The document. Its part's Content-Type (or, when that "
                             "is absent or application/octet-stream, its file name's extension) "

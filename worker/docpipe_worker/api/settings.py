@@ -55,6 +55,9 @@ class ApiSettings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=600)
+    # A token that verified is not checked again for this long (never beyond its `exp`); 0: every
+    # request's token is checked in full.
+    jwt_cache_seconds: float = Field(300.0, ge=0, le=3600)
 
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024, le=2**31)
     rate_limit_per_second: float = Field(50.0, gt=0, le=1_000_000)
@@ -63,6 +66,11 @@ class ApiSettings(BaseSettings):
     # Candidates the HNSW index scans per search before the owner filter: more is better recall
     # for owners with few of the chunks, at some cost in latency (pgvector's default is 40).
     search_ef_search: int = Field(100, ge=10, le=1000)
+    # Database connections of one API process. Beyond the cores Postgres has, more connections only
+    # queue the same work inside Postgres instead of in the pool.
+    pool_size: int = Field(20, ge=1, le=1000)
+    # uvloop runs the same server with less CPU per request; `asyncio` switches it off.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     openai_base_url: str = Field(OPENAI_DEFAULT_URL, validation_alias=_env("OPENAI_BASE_URL"))
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

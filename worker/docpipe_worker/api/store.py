@@ -12,7 +12,7 @@ from typing import TypeVar
 import asyncpg
 from pgvector import Vector
 
-from docpipe_worker import queue
+from docpipe_worker import metrics, queue
 from docpipe_worker.queue import Executor
 
 T = TypeVar("T")
@@ -57,6 +57,9 @@ where j.id = $1 and d.owner = $2
 """
 
 _HIT_COLUMNS = "c.id, c.document_id, c.ordinal, c.heading, c.char_start, c.char_end, c.content"
+# Looked up per hit by primary key: a join let the planner hash the whole documents table for
+# every search (a sequential scan of it), which grows with the documents, not with top_k.
+_FILENAME = "(select d.filename from docpipe.documents d where d.id = hits.document_id)"
 
 # Approximate: ordered by the HNSW index (`embedding <=> $1` exactly as the index's operator),
 # filtered by owner after the index has produced its candidates (hnsw.ef_search of them).
@@ -68,7 +71,7 @@ with hits as (
     order by c.embedding <=> $1
     limit $4
 )
-select hits.*, d.filename from hits join docpipe.documents d on d.id = hits.document_id
+select hits.*, {_FILENAME} as filename from hits
 order by hits.distance, hits.id
 """
 
@@ -81,8 +84,8 @@ with candidates as materialized (
     where c.pipeline = $2 and c.owner = $3
       and ($5::uuid[] is null or c.document_id = any($5))
 )
-select candidates.*, d.filename
-from candidates join docpipe.documents d on d.id = candidates.document_id
+select candidates.*, {_FILENAME.replace("hits.", "candidates.")} as filename
+from candidates
 order by candidates.distance, candidates.id
 limit $4
 """
@@ -152,6 +155,9 @@ async def search_chunks(
         # Fewer than asked: the owner has fewer chunks, or most of the index's candidates were
         # other owners'. The exact search tells which, and is cheap exactly when it is needed
         # (an owner with few chunks).
+        metrics.API_SEARCH_EXACT.labels("too_few_hits").inc()
+    else:
+        metrics.API_SEARCH_EXACT.labels("document_filter").inc()
     return list(
         await pool.fetch(
             SEARCH_EXACT,
