@@ -8,6 +8,7 @@ compares them), so the RBAC in the repository cannot drift from the code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -64,7 +65,8 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", names
 
 # What this module's client does, and why; `_call` refuses anything else.
 OPERATOR_CALLS: dict[Resource, frozenset[str]] = {
-    DEPLOYMENTS: frozenset({"get", "create", "patch"}),
+    # Deployments: the stable one and, during a rollout, the canary (deleted when it ends).
+    DEPLOYMENTS: frozenset({"get", "create", "patch", "delete"}),
     SERVICES: frozenset({"get", "create", "patch"}),
     PODDISRUPTIONBUDGETS: frozenset({"get", "create", "patch"}),
     PODMONITORS: frozenset({"get", "create", "patch"}),
@@ -73,6 +75,8 @@ OPERATOR_CALLS: dict[Resource, frozenset[str]] = {
     # The DATABASE_URL of a pipeline, read only when no worker runs (scale-from-zero).
     SECRETS: frozenset({"get"}),
     PIPELINE_STATUS: frozenset({"patch"}),
+    # The manual rollback annotation (docpipe.io/rollback) is removed once acted on.
+    PIPELINES: frozenset({"patch"}),
 }
 
 # What Kopf does by itself with the settings of `operator.py`: watch the resource and patch its
@@ -180,7 +184,13 @@ class KubeClient:
     ) -> dict[str, Any]:
         if verb not in OPERATOR_CALLS.get(resource, frozenset()):
             raise CallNotAllowedError(f"{verb} {resource.rbac_resource} is not in OPERATOR_CALLS")
-        method = {"get": "GET", "list": "GET", "create": "POST", "patch": "PATCH"}[verb]
+        method = {
+            "get": "GET",
+            "list": "GET",
+            "create": "POST",
+            "patch": "PATCH",
+            "delete": "DELETE",
+        }[verb]
         path = resource.path(namespace, name)
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
@@ -223,6 +233,21 @@ class KubeClient:
             body=patch,
             content_type="application/merge-patch+json",
         )
+
+    async def delete(self, resource: Resource, namespace: str, name: str) -> None:
+        """Delete an object and, in the background, what it owns; gone already is fine."""
+        with contextlib.suppress(NotFoundError):
+            await self._call(
+                "delete",
+                resource,
+                namespace=namespace,
+                name=name,
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                },
+            )
 
     async def list(
         self, resource: Resource, namespace: str, label_selector: str

@@ -47,6 +47,8 @@ RESERVED_ENV_NAMES = (
     "DOCPIPE_CHUNK_MAX_CHARS",
     "DOCPIPE_CHUNK_OVERLAP_CHARS",
     "DOCPIPE_SHUTDOWN_GRACE_SECONDS",
+    "DOCPIPE_CANARY",
+    "DOCPIPE_FAILURE_HOLD_SECONDS",
 )
 
 
@@ -368,6 +370,87 @@ class DisruptionSpec(_Model):
     )
 
 
+_CANARY_SIZE_MESSAGE = "rollout: set canaryReplicas or canaryPercent, not both"
+
+
+class RolloutSpec(_Model):
+    """How a new worker revision (a changed pod template) replaces the running one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!(has(self.canaryReplicas) && has(self.canaryPercent))", _CANARY_SIZE_MESSAGE)
+        )
+    )
+
+    strategy: Literal["Canary", "Rolling"] = Field(
+        default="Canary",
+        description="`Canary` runs the new revision beside the stable one and promotes it only "
+        "after analysis; `Rolling` updates the worker Deployment at once.",
+    )
+    canary_replicas: int | None = Field(
+        default=None, ge=1, le=1000, description="Canary pods, a fixed number (else canaryPercent)."
+    )
+    canary_percent: int | None = Field(
+        default=None,
+        ge=1,
+        le=50,
+        description="Canary pods as a share of all workers, at least 1 (default 20).",
+    )
+    interval_seconds: int = Field(
+        default=10, ge=1, le=3600, description="Length of one analysis interval."
+    )
+    max_error_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Failed attempts (retried + dead) over jobs claimed above which an interval "
+        "fails.",
+    )
+    max_latency_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="Canary stage p95 over the stable's above which an interval fails.",
+    )
+    min_jobs: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        description="Jobs the canary must claim in an interval for the interval to pass.",
+    )
+    success_intervals: int = Field(
+        default=3, ge=1, le=100, description="Consecutive passing intervals that promote."
+    )
+    failure_limit: int = Field(
+        default=2, ge=1, le=100, description="Failing intervals that roll the revision back."
+    )
+    progress_deadline_seconds: int = Field(
+        default=120,
+        ge=1,
+        le=86_400,
+        description="Time the canary's pods have to become ready before the revision is rolled "
+        "back.",
+    )
+    max_surge_percent: int = Field(
+        default=25,
+        ge=1,
+        le=100,
+        description="Extra pods (percent of replicas) while the stable Deployment takes the "
+        "promoted template.",
+    )
+    paused: bool = Field(
+        default=False,
+        description="Holds a running analysis: no interval is judged, nothing is promoted or "
+        "rolled back by the analysis (a manual rollback still works).",
+    )
+
+    @model_validator(mode="after")
+    def _check_size(self) -> RolloutSpec:
+        if self.canary_replicas is not None and self.canary_percent is not None:
+            raise ValueError(_CANARY_SIZE_MESSAGE)
+        return self
+
+
 class DocumentPipelineSpec(_Model):
     """The desired state of a document pipeline's worker fleet."""
 
@@ -379,6 +462,7 @@ class DocumentPipelineSpec(_Model):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     disruption: DisruptionSpec = Field(default_factory=DisruptionSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     replicas: int | None = Field(
         default=None,
         ge=0,
@@ -401,6 +485,42 @@ class Condition(_Model):
     last_transition_time: datetime | None = None
 
 
+RolloutPhase = Literal["Progressing", "Paused", "Promoting", "Promoted", "RolledBack"]
+
+
+class AnalysisInterval(_Model):
+    """One judged analysis interval of a canary."""
+
+    outcome: Literal["Passed", "Failed", "Inconclusive"]
+    reason: str = Field(default="", max_length=1024)
+    at: datetime
+
+
+class RolloutStatus(_Model):
+    """The state of the latest rollout; enough to resume an analysis after an operator restart."""
+
+    phase: RolloutPhase | None = None
+    stable_revision: str | None = Field(default=None, description="Revision of the stable pods.")
+    canary_revision: str | None = Field(
+        default=None, description="Revision under analysis (or last analysed)."
+    )
+    started_at: datetime | None = Field(default=None, description="When the canary was started.")
+    canary_replicas: int | None = None
+    failure_hold_seconds: float | None = Field(
+        default=None,
+        description="DOCPIPE_FAILURE_HOLD_SECONDS of the canary: the stable's seconds per job.",
+    )
+    intervals: list[AnalysisInterval] = Field(
+        default=[], max_length=200, description="Judged intervals of the analysis, oldest first."
+    )
+    message: str | None = Field(default=None, max_length=4096)
+    rejected_revision: str | None = Field(
+        default=None, description="A rolled-back revision: not tried again until the spec changes."
+    )
+    rejected_reason: str | None = Field(default=None, max_length=4096)
+    rejected_at: datetime | None = None
+
+
 class DocumentPipelineStatus(_Model):
     """The observed state, written by the operator only."""
 
@@ -418,6 +538,7 @@ class DocumentPipelineStatus(_Model):
     queue_depth: int | None = Field(default=None, description="Jobs ready to run.")
     oldest_ready_age_seconds: float | None = None
     throughput_per_second: float | None = Field(default=None, description="Jobs done per second.")
+    rollout: RolloutStatus | None = None
 
 
 class DocumentPipeline(_Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from docpipe_operator.model import (
@@ -25,6 +26,9 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PIPELINE = "docpipe.io/pipeline"
 LABEL_REVISION = "docpipe.io/revision"
+# Only canary pods carry it: their Deployment selects on it, so the two Deployments' pods differ.
+LABEL_TRACK = "docpipe.io/track"
+TRACK_CANARY = "canary"
 
 CONTAINER_NAME = "worker"
 METRICS_PORT_NAME = "metrics"
@@ -37,6 +41,11 @@ WORKER_UID = 10001
 def worker_name(pipeline: str) -> str:
     """Name of the worker Deployment, PodDisruptionBudget and PodMonitor of a pipeline."""
     return f"{pipeline}-worker"
+
+
+def canary_name(pipeline: str) -> str:
+    """Name of the canary Deployment, which runs a new revision during its analysis."""
+    return f"{pipeline}-worker-canary"
 
 
 def metrics_service_name(pipeline: str) -> str:
@@ -178,12 +187,32 @@ def render_pod_template(pipeline: str, spec: DocumentPipelineSpec) -> dict[str, 
     return template
 
 
+def revision_of(template: Mapping[str, Any]) -> str | None:
+    """The revision a (rendered or stored) pod template carries in its labels."""
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    revision: str | None = labels.get(LABEL_REVISION)
+    return revision
+
+
 def render_deployment(
-    pipeline: str, namespace: str, spec: DocumentPipelineSpec, *, replicas: int
+    pipeline: str,
+    namespace: str,
+    spec: DocumentPipelineSpec,
+    *,
+    replicas: int,
+    template: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The worker Deployment running `replicas` pods of the spec's template."""
-    template = render_pod_template(pipeline, spec)
-    labels = {**_labels(pipeline), LABEL_REVISION: template["metadata"]["labels"][LABEL_REVISION]}
+    """The worker Deployment running `replicas` pods of the spec's template.
+
+    `template` keeps another pod template instead (the stable revision's, while a canary of the
+    spec's revision is analysed or after it was rolled back).
+    """
+    template = (
+        copy.deepcopy(dict(template))
+        if template is not None
+        else render_pod_template(pipeline, spec)
+    )
+    labels = {**_labels(pipeline), LABEL_REVISION: revision_of(template) or ""}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -194,9 +223,54 @@ def render_deployment(
             # Never go below the decided capacity during an update: surge, then retire.
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+                "rollingUpdate": {
+                    "maxSurge": f"{spec.rollout.max_surge_percent}%",
+                    "maxUnavailable": 0,
+                },
             },
             "revisionHistoryLimit": 3,
+            "template": template,
+        },
+    }
+
+
+def render_canary_deployment(
+    pipeline: str,
+    namespace: str,
+    spec: DocumentPipelineSpec,
+    *,
+    replicas: int,
+    failure_hold_seconds: float,
+) -> dict[str, Any]:
+    """The canary Deployment: `replicas` pods of the spec's revision, told they are a canary.
+
+    DOCPIPE_CANARY makes their failures hand a job's attempt back (a bad revision kills no
+    document); DOCPIPE_FAILURE_HOLD_SECONDS keeps a failed job's slot for as long as a stable
+    worker takes per job, so a canary that fails fast claims no more than its share. Both are
+    added after the revision hash: the canary's revision is the one the stable takes on promotion.
+    """
+    template = render_pod_template(pipeline, spec)
+    template["metadata"]["labels"][LABEL_TRACK] = TRACK_CANARY
+    env = template["spec"]["containers"][0]["env"]
+    env.append({"name": "DOCPIPE_CANARY", "value": "true"})
+    env.append({"name": "DOCPIPE_FAILURE_HOLD_SECONDS", "value": f"{failure_hold_seconds:g}"})
+    labels = {
+        **_labels(pipeline),
+        LABEL_REVISION: revision_of(template) or "",
+        LABEL_TRACK: TRACK_CANARY,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(canary_name(pipeline), namespace, labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {**selector_labels(pipeline), LABEL_TRACK: TRACK_CANARY}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+            },
+            "revisionHistoryLimit": 1,
             "template": template,
         },
     }
@@ -262,11 +336,17 @@ def render_pod_monitor(pipeline: str, namespace: str, spec: DocumentPipelineSpec
 
 
 def render_children(
-    pipeline: str, namespace: str, spec: DocumentPipelineSpec, *, replicas: int
+    pipeline: str,
+    namespace: str,
+    spec: DocumentPipelineSpec,
+    *,
+    replicas: int,
+    template: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child object of a pipeline; the PodMonitor only when `metrics.podMonitor.enabled`."""
+    """Every child object of a pipeline but the canary; the PodMonitor only when
+    `metrics.podMonitor.enabled`. `template`: see `render_deployment`."""
     children = [
-        render_deployment(pipeline, namespace, spec, replicas=replicas),
+        render_deployment(pipeline, namespace, spec, replicas=replicas, template=template),
         render_metrics_service(pipeline, namespace, spec),
         render_pod_disruption_budget(pipeline, namespace, spec),
     ]

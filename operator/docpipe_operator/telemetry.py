@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -17,6 +17,8 @@ import asyncpg
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from docpipe_operator.rendering import LABEL_REVISION, LABEL_TRACK, TRACK_CANARY
+from docpipe_operator.rollout import RevisionCounters
 from docpipe_operator.scaling import MetricsSnapshot, PodMetrics, QueueMetrics
 from docpipe_worker import metrics, queue
 
@@ -30,7 +32,12 @@ IN_FLIGHT = _family(metrics.JOBS_IN_FLIGHT)
 SUCCEEDED = _family(metrics.JOBS_SUCCEEDED)
 QUEUE_READY = _family(metrics.QUEUE_READY)
 QUEUE_OLDEST = _family(metrics.QUEUE_OLDEST_READY_AGE)
+CLAIMED = _family(metrics.JOBS_CLAIMED)
+RETRIED = _family(metrics.JOBS_RETRIED)
+DEAD = _family(metrics.JOBS_DEAD)
+STAGE_SECONDS = _family(metrics.STAGE_SECONDS)
 PIPELINE_LABEL = metrics.JOB_LABELS[0]
+REVISION_LABEL = metrics.JOB_LABELS[1]
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,9 @@ class PodTarget:
     name: str
     ip: str | None
     ready: bool
+    revision: str | None = None
+    restarts: int = 0  # container restarts, summed over the pod's containers
+    canary: bool = False  # a pod of the canary Deployment
 
 
 def pod_targets(pods: Sequence[dict[str, Any]]) -> list[PodTarget]:
@@ -53,7 +63,19 @@ def pod_targets(pods: Sequence[dict[str, Any]]) -> list[PodTarget]:
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in status.get("conditions", [])
         )
-        targets.append(PodTarget(meta["name"], status.get("podIP"), ready))
+        restarts = sum(int(c.get("restartCount", 0)) for c in status.get("containerStatuses", []))
+        labels = meta.get("labels") or {}
+        canary = labels.get(LABEL_TRACK) == TRACK_CANARY
+        targets.append(
+            PodTarget(
+                meta["name"],
+                status.get("podIP"),
+                ready,
+                labels.get(LABEL_REVISION),
+                restarts,
+                canary,
+            )
+        )
     return targets
 
 
@@ -64,17 +86,59 @@ class WorkerReading:
     in_flight: float
     succeeded: float
     queue: QueueMetrics | None
+    # Revision → the canary analysis' counters of that revision in this worker.
+    revisions: dict[str, RevisionCounters] = field(default_factory=dict)
+
+
+def _revision_counters(
+    claimed: dict[str, float],
+    retried: dict[str, float],
+    dead: dict[str, float],
+    buckets: dict[str, dict[str, dict[float, float]]],
+    sums: dict[str, dict[str, float]],
+) -> dict[str, RevisionCounters]:
+    revisions = set(claimed) | set(retried) | set(dead) | set(buckets)
+    return {
+        r: RevisionCounters(
+            claimed=claimed.get(r, 0.0),
+            retried=retried.get(r, 0.0),
+            dead=dead.get(r, 0.0),
+            stage_buckets={
+                stage: tuple(sorted(counts.items())) for stage, counts in buckets.get(r, {}).items()
+            },
+            stage_seconds=dict(sums.get(r, {})),
+        )
+        for r in revisions
+    }
 
 
 def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
-    """Jobs in flight, jobs succeeded (summed over revisions) and the queue gauges of a pipeline."""
+    """Jobs in flight, jobs succeeded (summed over revisions), the queue gauges of a pipeline,
+    and per revision the counters the canary analysis compares."""
     in_flight = succeeded = 0.0
     ready: float | None = None
     oldest = 0.0
+    counters: dict[str, dict[str, float]] = {CLAIMED: {}, RETRIED: {}, DEAD: {}}
+    buckets: dict[str, dict[str, dict[float, float]]] = {}
+    sums: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.labels.get(PIPELINE_LABEL) != pipeline:
                 continue
+            revision = sample.labels.get(REVISION_LABEL, "")
+            if family.name in counters and sample.name.endswith("_total"):
+                into = counters[family.name]
+                into[revision] = into.get(revision, 0.0) + sample.value
+            elif family.name == STAGE_SECONDS and sample.name.endswith("_bucket"):
+                stage = buckets.setdefault(revision, {}).setdefault(
+                    sample.labels.get("stage", ""), {}
+                )
+                bound = float(sample.labels["le"])
+                stage[bound] = stage.get(bound, 0.0) + sample.value
+            elif family.name == STAGE_SECONDS and sample.name.endswith("_sum"):
+                by_stage = sums.setdefault(revision, {})
+                name = sample.labels.get("stage", "")
+                by_stage[name] = by_stage.get(name, 0.0) + sample.value
             if family.name == IN_FLIGHT:
                 in_flight += sample.value
             elif family.name == SUCCEEDED and sample.name.endswith("_total"):
@@ -88,7 +152,10 @@ def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
         if ready is not None
         else None
     )
-    return WorkerReading(in_flight, succeeded, q)
+    revisions = _revision_counters(
+        counters[CLAIMED], counters[RETRIED], counters[DEAD], buckets, sums
+    )
+    return WorkerReading(in_flight, succeeded, q, revisions)
 
 
 async def _scrape_one(
@@ -132,6 +199,27 @@ def _combine(
     return MetricsSnapshot(pods=tuple(pods), queue=merged)
 
 
+async def scrape_readings(
+    session: aiohttp.ClientSession,
+    targets: Sequence[PodTarget],
+    *,
+    port: int,
+    timeout_s: float,
+    pipeline: str,
+) -> list[WorkerReading | None]:
+    """Every pod's reading, scraped at once, each within `timeout`; None where a scrape failed."""
+    return list(
+        await asyncio.gather(*(_scrape_one(session, t, port, timeout_s, pipeline) for t in targets))
+    )
+
+
+def snapshot_of(
+    targets: Sequence[PodTarget], readings: Sequence[WorkerReading | None]
+) -> MetricsSnapshot:
+    """The scaling snapshot of scraped readings (`scrape_readings`)."""
+    return _combine(targets, readings)
+
+
 async def scrape_pods(
     session: aiohttp.ClientSession,
     targets: Sequence[PodTarget],
@@ -141,8 +229,8 @@ async def scrape_pods(
     pipeline: str,
 ) -> MetricsSnapshot:
     """Scrape every pod's /metrics at once, each within `timeout`; failures read as unscraped."""
-    readings = await asyncio.gather(
-        *(_scrape_one(session, t, port, timeout_s, pipeline) for t in targets)
+    readings = await scrape_readings(
+        session, targets, port=port, timeout_s=timeout_s, pipeline=pipeline
     )
     return _combine(targets, readings)
 

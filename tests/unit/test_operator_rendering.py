@@ -16,7 +16,9 @@ from docpipe_operator.model import (
 from docpipe_operator.rendering import (
     LABEL_PIPELINE,
     LABEL_REVISION,
+    LABEL_TRACK,
     label_selector,
+    render_canary_deployment,
     render_children,
     render_deployment,
     render_metrics_service,
@@ -212,7 +214,59 @@ def test_every_variable_the_operator_sets_is_reserved_from_extra_env() -> None:
         },
     )
 
-    assert set(env_of(deployment(spec))) == set(RESERVED_ENV_NAMES)
+    canary = render_canary_deployment(NAME, NAMESPACE, spec, replicas=1, failure_hold_seconds=0.5)
+    assert set(env_of(deployment(spec))) | set(env_of(canary)) == set(RESERVED_ENV_NAMES)
+
+
+def test_canary_runs_the_spec_revision_told_it_is_a_canary_with_its_failure_hold() -> None:
+    spec = make_spec()
+    canary = render_canary_deployment(NAME, NAMESPACE, spec, replicas=2, failure_hold_seconds=1.25)
+
+    assert canary["metadata"]["name"] == "docs-worker-canary"
+    assert canary["spec"]["replicas"] == 2
+    # Same revision as the stable Deployment will get on promotion: the canary env is not hashed.
+    assert revision_of(canary) == revision_of(deployment(spec))
+    assert env_of(canary)["DOCPIPE_REVISION"] == revision_of(canary)
+    assert env_of(canary)["DOCPIPE_CANARY"] == "true"
+    assert env_of(canary)["DOCPIPE_FAILURE_HOLD_SECONDS"] == "1.25"
+    assert "DOCPIPE_CANARY" not in env_of(deployment(spec))
+
+
+def test_canary_pods_are_told_apart_from_stable_pods_but_share_the_pipeline_selector() -> None:
+    canary = render_canary_deployment(
+        NAME, NAMESPACE, make_spec(), replicas=1, failure_hold_seconds=1
+    )
+    stable = deployment()
+    canary_selector = canary["spec"]["selector"]["matchLabels"]
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+
+    assert canary_selector == {**selector_labels(NAME), LABEL_TRACK: "canary"}
+    assert all(pod_labels[k] == v for k, v in canary_selector.items())
+    # The stable's own pods never match the canary's selector.
+    stable_labels = stable["spec"]["template"]["metadata"]["labels"]
+    assert LABEL_TRACK not in stable_labels
+    # Both are workers of the pipeline: scraped, counted and disrupted together.
+    assert all(pod_labels[k] == v for k, v in selector_labels(NAME).items())
+
+
+def test_a_kept_template_stays_byte_for_byte_while_replicas_follow() -> None:
+    old = deployment(make_spec())
+    new_spec = make_spec(worker={"image": "ghcr.io/example/docpipe:2.0"})
+
+    kept = render_deployment(
+        NAME, NAMESPACE, new_spec, replicas=5, template=old["spec"]["template"]
+    )
+
+    assert kept["spec"]["template"] == old["spec"]["template"]
+    assert kept["metadata"]["labels"][LABEL_REVISION] == revision_of(old)
+    assert kept["spec"]["replicas"] == 5
+    assert revision_of(deployment(new_spec)) != revision_of(old)
+
+
+def test_stable_surge_comes_from_the_rollout_policy() -> None:
+    rendered = deployment(make_spec(rollout={"maxSurgePercent": 50}))
+
+    assert rendered["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "50%", "maxUnavailable": 0}
 
 
 def test_metrics_port_is_named_metrics() -> None:
