@@ -50,10 +50,11 @@ async def test_liveness_endpoint_answers_while_the_operator_runs(
         assert answer.status == 200
 
 
-async def test_editing_the_spec_updates_the_deployment(
+async def test_editing_the_spec_with_the_rolling_strategy_updates_the_deployment(
     api: KubernetesApi, operator: OperatorProcess
 ) -> None:
-    api.create_object(DOCPIPE_RESOURCE, NAMESPACE, pipeline_body())
+    # The default Canary strategy is covered by test_operator_rollout.py.
+    api.create_object(DOCPIPE_RESOURCE, NAMESPACE, pipeline_body(rollout={"strategy": "Rolling"}))
     first = await eventually(lambda: _deployment(api), what="the Deployment")
     api.update_object(
         DOCPIPE_RESOURCE,
