@@ -162,9 +162,10 @@ def document_chunks(rng: random.Random, corpus: str, count: int) -> tuple[list[s
 
 
 async def seed(
-    pool: asyncpg.Pool, *, chunks: int, per_document: int, corpus: str
+    pool: asyncpg.Pool, *, chunks: int, per_document: int, corpus: str, owners: int = 1
 ) -> tuple[list[str], list[str]]:
-    """Store processed documents holding `chunks` chunks; return document ids and query texts."""
+    """Store processed documents holding `chunks` chunks, every `owners`-th one the bench's (the
+    others belong to other owners); return the bench owner's document ids and query texts."""
     rng = random.Random(7)
     documents = chunks // per_document
     doc_ids: list[str] = []
@@ -174,19 +175,21 @@ async def seed(
         for d in range(documents):
             texts, query = document_chunks(rng, corpus, per_document)
             document_id = uuid.uuid4()
+            owner = OWNER if d % owners == 0 else f"other-{d % owners}"
             await conn.execute(
                 "insert into docpipe.documents (id, pipeline, owner, filename, content_type,"
                 " size_bytes, sha256, content, status, chunk_count, processed_at)"
                 " values ($1, $2, $3, $4, 'text/markdown', $5, $6, $7, 'processed', $8, now())",
-                document_id, PIPELINE, OWNER, f"doc-{d}.md", 100, uuid.uuid4().hex, b"x",
+                document_id, PIPELINE, owner, f"doc-{d}.md", 100, uuid.uuid4().hex, b"x",
                 per_document,
             )  # fmt: skip
-            doc_ids.append(str(document_id))
-            queries.append(query)
+            if owner == OWNER:
+                doc_ids.append(str(document_id))
+                queries.append(query)
             offset = 0
             for ordinal, text in enumerate(texts):
                 rows.append(
-                    (document_id, PIPELINE, OWNER, ordinal, text, None, offset,
+                    (document_id, PIPELINE, owner, ordinal, text, None, offset,
                      offset + len(text), Vector(embed_text(text, DIMS)))
                 )  # fmt: skip
                 offset += len(text) + 2
@@ -348,8 +351,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pool = await create_pool(url, min_size=2, max_size=args.clients)
         t0 = time.perf_counter()
         doc_ids, queries = await seed(
-            pool, chunks=args.chunks, per_document=args.per_document, corpus=args.corpus
-        )
+            pool, chunks=args.chunks, per_document=args.per_document, corpus=args.corpus,
+            owners=args.owners,
+        )  # fmt: skip
         seed_s = time.perf_counter() - t0
 
         mocks_port = free_port()
@@ -529,10 +533,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "compared": compared,
         "settings": {
             "corpus": args.corpus,
+            "owners": args.owners,
             "clients": args.clients,
             "seconds": args.seconds,
             "chunks": chunk_count,
-            "documents": len(doc_ids),
+            "documents": args.chunks // args.per_document,
+            "bench_owner_documents": len(doc_ids),
             "top_k": TOP_K,
             "embedding_dimensions": DIMS,
             "ef_search": args.ef_search,
@@ -625,6 +631,11 @@ def main() -> None:
     parser.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop",
         help="the load generator's event loop",
+    )  # fmt: skip
+    parser.add_argument(
+        "--owners", type=int, default=1,
+        help="spread the documents over this many owners; the load is the first owner's (its "
+        "searches then meet other owners' chunks among the HNSW candidates)",
     )  # fmt: skip
     parser.add_argument(
         "--compare", action="append", default=[], metavar="SETTING=VALUE[,...]",
