@@ -104,3 +104,29 @@ async def test_a_failing_embeddings_service_gets_503_with_retry_after(api: Api) 
     assert status == 503
     assert body["error"]["code"] == "embedding_unavailable"
     assert int(headers["Retry-After"]) >= 1
+
+
+async def _exact_searches(api: Api) -> dict[str, float]:
+    async with api.session.get(f"{api.url}/metrics") as response:
+        text = await response.text()
+    counts = {"too_few_hits": 0.0, "document_filter": 0.0}
+    for line in text.splitlines():
+        for reason in counts:
+            if line.startswith(f'docpipe_api_search_exact_total{{reason="{reason}"}}'):
+                counts[reason] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+async def test_searches_answered_by_the_exact_scan_are_counted_by_reason(
+    api: Api, corpus: dict[str, str]
+) -> None:
+    before = await _exact_searches(api)
+    # Three chunks in all: the index finds both of two, but not five of three.
+    await api.call("POST", SEARCH, json={"query": "tide", "top_k": 2})
+    assert await _exact_searches(api) == before
+    await api.call("POST", SEARCH, json={"query": "tide", "top_k": 5})
+    query = {"query": "tide", "document_ids": [corpus["bikes.md"]]}
+    await api.call("POST", SEARCH, json=query)
+    after = await _exact_searches(api)
+    assert after["too_few_hits"] == before["too_few_hits"] + 1
+    assert after["document_filter"] == before["document_filter"] + 1
