@@ -165,7 +165,10 @@ def decide_replicas(
 
     arrival = _measure_arrival(samples, policy)
     absorbing = load.in_flight
-    if arrival is not None and seconds_per_job is not None:
+    # An idle fleet (nothing ready, nothing in flight) has no arrivals now, whatever the window
+    # still remembers: jobs arriving would be ready or in flight. Counting them would keep
+    # replicas up for the length of the window and delay scale-to-zero.
+    if arrival is not None and seconds_per_job is not None and not load.idle:
         absorbing = max(absorbing, arrival * seconds_per_job)
     slots = absorbing + load.backlog * job_seconds / policy.target_queue_wait_seconds
     raw = slots / concurrency

@@ -160,9 +160,7 @@ class FakeWorker:
         return (
             f"# TYPE {telemetry.IN_FLIGHT} gauge\n"
             f"{telemetry.IN_FLIGHT}{{{labels}}} {self.in_flight}\n"
-            # Declared without `_total`, so the parser files the samples under another family and
-            # the operator reads no completions: the autoscaling tests are tuned to that.
-            f"# TYPE {telemetry.SUCCEEDED} counter\n"
+            f"# TYPE {telemetry.SUCCEEDED}_total counter\n"
             f"{telemetry.SUCCEEDED}_total{{{labels}}} {self.succeeded}\n"
             f"# TYPE {telemetry.CLAIMED}_total counter\n"
             f"{telemetry.CLAIMED}_total{{{labels}}} {self.claimed}\n"

@@ -603,3 +603,21 @@ def test_no_scale_down_below_a_scale_up_within_the_stabilization_window(
             ups.append((now, decision.desired))
         current = decision.desired
         now += scaling.interval_seconds
+
+
+def test_completions_still_in_the_arrival_window_do_not_hold_an_idle_fleet_up() -> None:
+    # 120 jobs finished in the last 30 s, but nothing is ready or in flight now, and the fleet
+    # has been idle for the whole idle period: nothing is arriving, so it goes to zero.
+    earlier = CounterSample(
+        at=NOW - 30, succeeded={"w-0": 0, "w-1": 0}, in_flight={"w-0": 4, "w-1": 4}, ready=0
+    )
+    history = ScalingHistory(samples=(earlier,), seconds_per_job=2.0, last_busy_at=NOW - 601)
+
+    decision, _ = decide(
+        snapshot([0, 0], ready_jobs=0, succeeded=[60, 60]),
+        current=2,
+        scaling=zero_policy(),
+        history=history,
+    )
+
+    assert decision.desired == 0
