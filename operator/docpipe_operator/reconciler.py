@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -327,7 +327,12 @@ async def read_load(
     readings: list[telemetry.WorkerReading | None] = []
     if spec.metrics.source == "prometheus" and spec.metrics.prometheus is not None:
         snapshot = await telemetry.query_prometheus(
-            state.http, spec.metrics.prometheus.url, targets, timeout_s=timeout, pipeline=name
+            state.http,
+            spec.metrics.prometheus.url,
+            targets,
+            timeout_s=timeout,
+            namespace=namespace,
+            pipeline=name,
         )
     else:
         readings = await telemetry.scrape_readings(
@@ -467,9 +472,10 @@ def stable_rolled(deployment: Mapping[str, Any] | None, revision: str) -> bool:
     )
 
 
-def _revision_counters(
+def revision_counters(
     targets: list[telemetry.PodTarget], readings: list[telemetry.WorkerReading | None]
 ) -> dict[str, dict[str, rollout.RevisionCounters]]:
+    """Pod → revision → counters, from the pods' scraped readings."""
     return {
         t.name: dict(r.revisions) for t, r in zip(targets, readings, strict=False) if r is not None
     }
@@ -481,7 +487,30 @@ def _for_revision(
     return {pod: by_rev[revision] for pod, by_rev in counters.items() if revision in by_rev}
 
 
-def judge(
+# The Prometheus source's per-revision readings over the last `window_s` seconds.
+PromqlCounters = Callable[[float], Awaitable[dict[str, telemetry.RevisionIncrease] | None]]
+
+
+def _promql_sample(
+    increase: telemetry.RevisionIncrease | None,
+    *,
+    pods_desired: int,
+    pods_ready: int,
+    restarts: int,
+) -> rollout.RevisionSample:
+    seen = increase or telemetry.RevisionIncrease()
+    return rollout.RevisionSample(
+        claimed=seen.claimed,
+        retried=seen.retried,
+        dead=seen.dead,
+        stage_p95_s=seen.stage_p95_s,
+        pods_desired=pods_desired,
+        pods_ready=pods_ready,
+        restarts=restarts,
+    )
+
+
+async def judge(
     window: AnalysisWindow | None,
     *,
     now: float,
@@ -492,10 +521,14 @@ def judge(
     readings: list[telemetry.WorkerReading | None],
     canary_desired: int,
     policy: rollout.RolloutPolicy,
+    promql: PromqlCounters | None = None,
 ) -> tuple[rollout.IntervalResult | None, AnalysisWindow]:
     """Judge the canary's interval if one has passed since `window` began; return the window to
-    keep (a new one whenever an interval was judged, or none was running for this revision)."""
-    counters = _revision_counters(targets, readings)
+    keep (a new one whenever an interval was judged, or none was running for this revision).
+
+    With `promql` (the Prometheus source) the revisions' counters come from PromQL's increase()
+    over the interval instead of the pods' scraped counters at its two ends."""
+    counters = revision_counters(targets, readings)
     canary_pods = [t for t in targets if t.canary and t.revision == canary]
     restarts = {t.name: t.restarts for t in canary_pods}
     fresh = AnalysisWindow(canary, now, counters, restarts)
@@ -506,6 +539,26 @@ def judge(
     new_restarts = sum(
         max(0, count - window.restarts.get(pod, 0)) for pod, count in restarts.items()
     )
+    stable_pods = [t for t in targets if not t.canary and t.revision == stable]
+    if promql is not None:
+        increases = await promql(now - window.started)
+        if increases is None:
+            return rollout.IntervalResult(
+                rollout.Outcome.INCONCLUSIVE, "Prometheus did not answer the analysis queries"
+            ), fresh
+        canary_sample = _promql_sample(
+            increases.get(canary),
+            pods_desired=canary_desired,
+            pods_ready=sum(t.ready for t in canary_pods),
+            restarts=new_restarts,
+        )
+        stable_sample = _promql_sample(
+            increases.get(stable),
+            pods_desired=len(stable_pods),
+            pods_ready=sum(t.ready for t in stable_pods),
+            restarts=0,
+        )
+        return rollout.judge_interval(canary_sample, stable_sample, policy), fresh
     canary_sample = rollout.sample_interval(
         _for_revision(window.counters, canary),
         _for_revision(counters, canary),
@@ -513,7 +566,6 @@ def judge(
         pods_ready=sum(t.ready for t in canary_pods),
         restarts=new_restarts,
     )
-    stable_pods = [t for t in targets if not t.canary and t.revision == stable]
     stable_sample = rollout.sample_interval(
         _for_revision(window.counters, stable),
         _for_revision(counters, stable),
@@ -673,7 +725,26 @@ async def _plan_rollout(
         and stable is not None
     )
     if analysing and stable is not None:
-        interval, scaler.analysis = judge(
+        promql: PromqlCounters | None = None
+        prometheus = spec.metrics.prometheus
+        if spec.metrics.source == "prometheus" and prometheus is not None:
+            url, timeout = prometheus.url, float(spec.metrics.scrape_timeout_seconds)
+            namespace = body["metadata"]["namespace"]
+
+            async def read_increases(
+                window_s: float,
+            ) -> dict[str, telemetry.RevisionIncrease] | None:
+                return await telemetry.query_revision_increases(
+                    state.http,
+                    url,
+                    window_s=window_s,
+                    timeout_s=timeout,
+                    namespace=namespace,
+                    pipeline=name,
+                )
+
+            promql = read_increases
+        interval, scaler.analysis = await judge(
             scaler.analysis,
             now=now,
             interval_s=float(spec.rollout.interval_seconds),
@@ -683,6 +754,7 @@ async def _plan_rollout(
             readings=readings,
             canary_desired=split.canary,
             policy=policy,
+            promql=promql,
         )
     else:
         scaler.analysis = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,7 +237,49 @@ async def scrape_pods(
 
 
 def _promql_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _selector(namespace: str, pipeline: str) -> str:
+    # The `namespace` and `pod` target labels are the ones a prometheus-operator PodMonitor (and
+    # the usual kubernetes_sd relabelling) attaches; without `namespace`, two pipelines of one
+    # name in two namespaces would read each other's queue.
+    return (
+        f'{{namespace="{_promql_label(namespace)}",{PIPELINE_LABEL}="{_promql_label(pipeline)}"}}'
+    )
+
+
+async def _instant(
+    session: aiohttp.ClientSession, base_url: str, query: str, timeout_s: float
+) -> list[dict[str, Any]]:
+    async with session.get(
+        f"{base_url.rstrip('/')}/api/v1/query",
+        params={"query": query},
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    ) as response:
+        response.raise_for_status()
+        answer = await response.json()
+    if answer.get("status") != "success" or answer["data"].get("resultType") != "vector":
+        raise ValueError(f"unexpected Prometheus answer to {query!r}: {answer!r:.200}")
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+async def _instants(
+    session: aiohttp.ClientSession, base_url: str, queries: dict[str, str], timeout_s: float
+) -> dict[str, list[dict[str, Any]]] | None:
+    """Every query's result vector, run at once; None if Prometheus did not answer them all."""
+    try:
+        answers = await asyncio.gather(
+            *(_instant(session, base_url, q, timeout_s) for q in queries.values())
+        )
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        return None
+    return dict(zip(queries, answers, strict=True))
+
+
+def _value(row: dict[str, Any]) -> float:
+    return float(row["value"][1])
 
 
 async def query_prometheus(
@@ -245,37 +288,28 @@ async def query_prometheus(
     targets: Sequence[PodTarget],
     *,
     timeout_s: float,
+    namespace: str,
     pipeline: str,
 ) -> MetricsSnapshot | None:
-    """The same snapshot from PromQL instant queries (pods matched by the `pod` label)."""
-    selector = f'{{{PIPELINE_LABEL}="{_promql_label(pipeline)}"}}'
-    queries = {
-        "in_flight": f"sum by (pod) ({IN_FLIGHT}{selector})",
-        "succeeded": f"sum by (pod) ({SUCCEEDED}_total{selector})",
-        "ready": f"max({QUEUE_READY}{selector})",
-        "oldest": f"max({QUEUE_OLDEST}{selector})",
-    }
-
-    async def instant(query: str) -> list[dict[str, Any]]:
-        async with session.get(
-            f"{base_url.rstrip('/')}/api/v1/query",
-            params={"query": query},
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as response:
-            response.raise_for_status()
-            answer = await response.json()
-        result: list[dict[str, Any]] = answer["data"]["result"]
-        return result
-
-    try:
-        results = dict(
-            zip(queries, await asyncio.gather(*(instant(q) for q in queries.values())), strict=True)
-        )
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+    """The same snapshot from PromQL instant queries (pods matched by the `pod` label, the
+    pipeline's namespace by `namespace`); None when Prometheus does not answer."""
+    selector = _selector(namespace, pipeline)
+    results = await _instants(
+        session,
+        base_url,
+        {
+            "in_flight": f"sum by (pod) ({IN_FLIGHT}{selector})",
+            "succeeded": f"sum by (pod) ({SUCCEEDED}_total{selector})",
+            "ready": f"max({QUEUE_READY}{selector})",
+            "oldest": f"max({QUEUE_OLDEST}{selector})",
+        },
+        timeout_s,
+    )
+    if results is None:
         return None
 
     def by_pod(rows: list[dict[str, Any]]) -> dict[str, float]:
-        return {r["metric"].get("pod", ""): float(r["value"][1]) for r in rows}
+        return {r["metric"].get("pod", ""): _value(r) for r in rows}
 
     in_flight, succeeded = by_pod(results["in_flight"]), by_pod(results["succeeded"])
     readings: list[WorkerReading | None] = []
@@ -286,10 +320,68 @@ async def query_prometheus(
             readings.append(None)
     snapshot = _combine(targets, readings)
     if results["ready"]:
-        oldest = float(results["oldest"][0]["value"][1]) if results["oldest"] else 0.0
-        ready = float(results["ready"][0]["value"][1])
-        snapshot = MetricsSnapshot(snapshot.pods, QueueMetrics(ready, oldest))
+        oldest = _value(results["oldest"][0]) if results["oldest"] else 0.0
+        snapshot = MetricsSnapshot(snapshot.pods, QueueMetrics(_value(results["ready"][0]), oldest))
     return snapshot
+
+
+@dataclass(frozen=True)
+class RevisionIncrease:
+    """One revision's counters over an analysis interval, as PromQL's increase() gives them."""
+
+    claimed: float = 0.0
+    retried: float = 0.0
+    dead: float = 0.0
+    stage_p95_s: float | None = None  # the slowest stage's p95; None when no stage finished
+
+
+async def query_revision_increases(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    *,
+    window_s: float,
+    timeout_s: float,
+    namespace: str,
+    pipeline: str,
+) -> dict[str, RevisionIncrease] | None:
+    """Per `revision` label: jobs claimed, retried and dead over the last `window_s`, and the
+    slowest stage's p95 over it (histogram_quantile of the buckets' increase); None when
+    Prometheus does not answer."""
+    selector = _selector(namespace, pipeline)
+    window = f"[{max(1, round(window_s * 1000))}ms]"
+    buckets = (
+        f"sum by ({REVISION_LABEL}, stage, le) (increase({STAGE_SECONDS}_bucket{selector}{window}))"
+    )
+    results = await _instants(
+        session,
+        base_url,
+        {
+            **{
+                family: f"sum by ({REVISION_LABEL}) (increase({family}_total{selector}{window}))"
+                for family in (CLAIMED, RETRIED, DEAD)
+            },
+            "p95": f"max by ({REVISION_LABEL}) (histogram_quantile(0.95, {buckets}))",
+        },
+        timeout_s,
+    )
+    if results is None:
+        return None
+    figures: dict[str, dict[str, float]] = {}
+    for key, rows in results.items():
+        for row in rows:
+            revision = row["metric"].get(REVISION_LABEL, "")
+            figures.setdefault(revision, {})[key] = _value(row)
+    increases = {}
+    for revision, by_key in figures.items():
+        p95 = by_key.get("p95")
+        increases[revision] = RevisionIncrease(
+            claimed=by_key.get(CLAIMED, 0.0),
+            retried=by_key.get(RETRIED, 0.0),
+            dead=by_key.get(DEAD, 0.0),
+            # NaN: no observation in the window (histogram_quantile of empty buckets).
+            stage_p95_s=p95 if p95 is not None and math.isfinite(p95) else None,
+        )
+    return increases
 
 
 def secret_value(secret: dict[str, Any], key: str) -> str | None:
