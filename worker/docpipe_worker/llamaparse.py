@@ -74,14 +74,20 @@ class LlamaParseClient:
                 raise PermanentError(
                     f"{SERVICE}: parsing {filename!r} ended {job.status} (job {job.id}): {reason}"
                 )
-            remaining = deadline - loop.time()
-            if remaining <= self._poll_interval:
-                raise TransientError(
-                    f"{SERVICE}: job {job.id} for {filename!r} still {job.status} "
-                    f"after the {self._timeout:g}s timeout"
-                )
+            still_pending = TransientError(
+                f"{SERVICE}: job {job.id} for {filename!r} still {job.status} "
+                f"after the {self._timeout:g}s timeout"
+            )
+            if deadline - loop.time() <= self._poll_interval:
+                raise still_pending
             await asyncio.sleep(self._poll_interval)
-            job = await self._call("GET", f"/api/parsing/job/{job.id}", _Job, deadline)
+            try:
+                job = await self._call("GET", f"/api/parsing/job/{job.id}", _Job, deadline)
+            except TransientError as exc:
+                # A poll cut short by the parse's deadline: say what the job was doing.
+                if loop.time() >= deadline - 0.01:  # timers may fire a tick early
+                    raise still_pending from exc
+                raise
 
         result = await self._call(
             "GET", f"/api/parsing/job/{job.id}/result/markdown", _Markdown, deadline
