@@ -51,6 +51,15 @@ def next_conditions(
     return result
 
 
+# The figures are rounded so that noise in the last digits does not mean a status patch each round.
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else float(round(value, digits))
+
+
+def _significant(value: float | None, digits: int) -> float | None:
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
 def build_status(
     previous: DocumentPipelineStatus, seen: Observation, now: datetime
 ) -> DocumentPipelineStatus:
@@ -123,6 +132,6 @@ def build_status(
             decision.reason if decision.changed else previous.last_scale_reason or decision.reason
         )
         changes["queue_depth"] = decision.queue_depth
-        changes["oldest_ready_age_seconds"] = decision.oldest_ready_age_seconds
-        changes["throughput_per_second"] = decision.throughput_per_second
+        changes["oldest_ready_age_seconds"] = _rounded(decision.oldest_ready_age_seconds, 0)
+        changes["throughput_per_second"] = _significant(decision.throughput_per_second, 2)
     return previous.model_copy(update=changes)

@@ -229,12 +229,26 @@ def read_status(body: Mapping[str, Any]) -> DocumentPipelineStatus:
         return DocumentPipelineStatus()
 
 
+def needs_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a status differs from the stored one in more than its conditions' messages."""
+    return _significant(current) != _significant(new)
+
+
+def _significant(status: Mapping[str, Any]) -> dict[str, Any]:
+    # A condition's message carries the round's figures (the scaling reason): written with the
+    # next patch, never worth one of its own. Type, status and reason say what changed.
+    conditions = [
+        {k: v for k, v in c.items() if k != "message"} for c in status.get("conditions") or []
+    ]
+    return {**status, "conditions": conditions}
+
+
 async def write_status(
     state: OperatorState, body: Mapping[str, Any], status: DocumentPipelineStatus
 ) -> None:
-    """Patch the status subresource if it changed."""
+    """Patch the status subresource if it changed in more than its conditions' messages."""
     new = dump(status)
-    if (body.get("status") or {}) == new:
+    if not needs_patch(body.get("status") or {}, new):
         return
     meta = body["metadata"]
     # Whole-key replacement: a merge patch would keep keys the new status no longer has.
