@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -76,26 +77,32 @@ def unsigned(payload: dict[str, object]) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(payload)}."
 
 
+# Tokens are built when the test runs, not when it is collected: a token with a near `exp` made
+# at collection time would have expired by the time a long session reaches it.
 @pytest.mark.parametrize(
-    ("token", "message"),
+    ("make_token", "message"),
     [
-        (unsigned(claims()), "algorithm is not accepted"),
-        (jwt.encode(claims(), "another-secret-of-sufficient-length!!", algorithm="HS256"),
+        (lambda: unsigned(claims()), "algorithm is not accepted"),
+        (lambda: jwt.encode(claims(), "another-secret-of-sufficient-length!!", algorithm="HS256"),
          "signature does not verify"),
-        (jwt.encode(claims(exp=int(time.time()) - 5), SECRET, algorithm="HS256"), "expired"),
-        (jwt.encode(claims(nbf=int(time.time()) + 300), SECRET, algorithm="HS256"),
+        (lambda: jwt.encode(claims(exp=int(time.time()) - 5), SECRET, algorithm="HS256"),
+         "expired"),
+        (lambda: jwt.encode(claims(nbf=int(time.time()) + 300), SECRET, algorithm="HS256"),
          "not valid yet"),
-        (jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "no 'exp' claim"),
-        (jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"), "no 'sub' claim"),
-        (jwt.encode(claims(), SECRET * 2, algorithm="HS512"), "algorithm is not accepted"),
-        ("not-a-jwt", "malformed"),
+        (lambda: jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "no 'exp' claim"),
+        (lambda: jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+         "no 'sub' claim"),
+        (lambda: jwt.encode(claims(), SECRET * 2, algorithm="HS512"), "algorithm is not accepted"),
+        (lambda: "not-a-jwt", "malformed"),
     ],
     ids=["alg-none", "wrong-key", "expired", "not-yet-valid", "no-exp", "no-sub", "hs512",
          "garbage"],
 )  # fmt: skip
-def test_bad_tokens_are_refused_with_the_reason(token: str, message: str) -> None:
+def test_bad_tokens_are_refused_with_the_reason(
+    make_token: Callable[[], str], message: str
+) -> None:
     with pytest.raises(AuthError, match=message) as caught:
-        hs_verifier().verify(token)
+        hs_verifier().verify(make_token())
     assert 'error="invalid_token"' in caught.value.challenge()
 
 
