@@ -47,6 +47,7 @@ from tests.operator.conftest import (  # noqa: E402
     SECRETS,
     Fleet,
     OperatorProcess,
+    feed_documents,
     free_port,
     pipeline_body,
 )
@@ -56,7 +57,6 @@ from docpipe_mocks.server import MockConfig, serve  # noqa: E402
 from docpipe_operator import telemetry  # noqa: E402
 from docpipe_operator.model import RolloutSpec  # noqa: E402
 from docpipe_worker.database import create_pool  # noqa: E402
-from docpipe_worker.documents import add_document  # noqa: E402
 from docpipe_worker.embedded import start_embedded_postgres  # noqa: E402
 from docpipe_worker.migrator import migrate  # noqa: E402
 
@@ -81,23 +81,6 @@ async def _database(data_dir: Path) -> str:
     finally:
         await conn.close()
     return db_url
-
-
-async def _feed(pool: Any, stop: asyncio.Event, count: list[int]) -> None:
-    n = 0
-    while not stop.is_set():
-        async with pool.acquire() as conn:
-            await add_document(
-                conn,
-                pipeline="docs",
-                owner="bench",
-                filename=f"{n}.md",
-                content_type="text/markdown",
-                data=f"# Note {n}\n\nHarbour seals rest on sandbanks, note {n}.\n".encode(),
-            )
-        n += 1
-        count[0] = n
-        await asyncio.sleep(1 / ARRIVALS_PER_SECOND)
 
 
 async def _claims(
@@ -164,8 +147,10 @@ async def run(data_dir: Path) -> dict[str, Any]:
         operator = OperatorProcess(liveness_url=f"http://127.0.0.1:{free_port()}/healthz")
         await operator.start()
         pool = await create_pool(database_url, min_size=1, max_size=2)
-        stop, added = asyncio.Event(), [0]
-        feeder = asyncio.create_task(_feed(pool, stop, added))
+        stop, added = asyncio.Event(), list[int]()
+        feeder = asyncio.create_task(
+            feed_documents(pool, stop, added, per_second=ARRIVALS_PER_SECOND, owner="bench")
+        )
         try:
             body = pipeline_body(
                 replicas=REPLICAS,
@@ -216,7 +201,7 @@ async def run(data_dir: Path) -> dict[str, Any]:
                     "select status, count(*) from docpipe.documents group by status"
                 )
                 statuses = {r["status"]: r["count"] for r in rows}
-                if statuses == {"processed": added[0]}:
+                if statuses == {"processed": len(added)}:
                     break
                 if time.monotonic() - settle_start > 120:
                     raise RuntimeError(f"documents not all processed: {statuses}")
@@ -234,7 +219,7 @@ async def run(data_dir: Path) -> dict[str, Any]:
                 "canary_share_ratio": round(ratio, 2),
                 "failure_hold_seconds": rollout.get("failureHoldSeconds"),
                 "rejected_reason": rollout.get("rejectedReason"),
-                "documents": added[0],
+                "documents": len(added),
                 "documents_processed_s_after_rollback": round(time.monotonic() - rolled_back, 2),
                 "dead_jobs": int(dead),
                 "policy": {

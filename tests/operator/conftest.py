@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.web
+import asyncpg
 import kmock
 import pytest
 import yaml
 
 from docpipe_operator import telemetry
 from docpipe_operator.runtime import run_operator
+from docpipe_worker.documents import add_document
 from tests.operator.emulator import DOCPIPE_RESOURCE, ApiFailureError, KubernetesApi
 
 DEPLOYMENTS = "apps/v1/deployments"
@@ -485,3 +487,24 @@ def pipeline_body(name: str = "docs", **spec: Any) -> dict[str, Any]:
 def pipeline(api: KubernetesApi, name: str = "docs") -> dict[str, Any] | None:
     """The stored DocumentPipeline."""
     return api.read_object(DOCPIPE_RESOURCE, NAMESPACE, name)
+
+
+async def feed_documents(
+    pool: asyncpg.Pool, stop: asyncio.Event, added: list[int], *, per_second: float, owner: str
+) -> None:
+    """Add a small markdown document (with its job) to pipeline `docs` `per_second` times a
+    second until `stop`; each one's number goes into `added`."""
+    n = 0
+    while not stop.is_set():
+        async with pool.acquire() as conn:
+            await add_document(
+                conn,
+                pipeline="docs",
+                owner=owner,
+                filename=f"{n}.md",
+                content_type="text/markdown",
+                data=f"# Note {n}\n\nHarbour seals rest on sandbanks, note {n}.\n".encode(),
+            )
+        added.append(n)
+        n += 1
+        await asyncio.sleep(1 / per_second)

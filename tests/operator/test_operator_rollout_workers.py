@@ -17,19 +17,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from docpipe_mocks.server import MockConfig, serve
 from docpipe_operator import telemetry
 from docpipe_worker.database import create_pool
-from docpipe_worker.documents import add_document
 from tests.operator.conftest import (
     NAMESPACE,
     SECRETS,
     Fleet,
     OperatorProcess,
     eventually,
+    feed_documents,
     pipeline,
     pipeline_body,
 )
@@ -52,23 +51,6 @@ ARRIVALS_PER_SECOND = 20
 async def mocks() -> AsyncIterator[str]:
     async with serve("127.0.0.1", 0, MockConfig()) as url:
         yield url
-
-
-async def _feed(pool: asyncpg.Pool, stop: asyncio.Event, added: list[int]) -> None:
-    n = 0
-    while not stop.is_set():
-        async with pool.acquire() as conn:
-            await add_document(
-                conn,
-                pipeline="docs",
-                owner="test",
-                filename=f"{n}.md",
-                content_type="text/markdown",
-                data=f"# Note {n}\n\nHarbour seals rest on sandbanks, count {n}.\n".encode(),
-            )
-        added.append(n)
-        n += 1
-        await asyncio.sleep(1 / ARRIVALS_PER_SECOND)
 
 
 async def _canary_failures(session: aiohttp.ClientSession, fleet: Fleet, port: int) -> float:
@@ -109,7 +91,9 @@ async def test_a_revision_failing_every_job_is_rolled_back_and_no_document_is_lo
     )
     pool = await create_pool(database_url, min_size=1, max_size=2)
     stop, added = asyncio.Event(), list[int]()
-    feeder = asyncio.create_task(_feed(pool, stop, added))
+    feeder = asyncio.create_task(
+        feed_documents(pool, stop, added, per_second=ARRIVALS_PER_SECOND, owner="test")
+    )
     try:
         await asyncio.sleep(2)  # the stable revision measures its job time
 
