@@ -37,20 +37,14 @@ from unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::smallint[], $6:
 returning id;
 
 -- FAIL
-with decided as (
-    select j.id, $6 and ($4 or j.attempts >= j.max_attempts) as dead
-    from docpipe.jobs j
-    where j.id = $1 and j.lease_token = $2
-)
 update docpipe.jobs j
-set status = case when d.dead then 'dead' else 'queued' end,
+set status = case when $6 and ($4 or j.attempts >= j.max_attempts) then 'dead' else 'queued' end,
     attempts = case when $6 then j.attempts else greatest(j.attempts - 1, 0) end,
-    run_after = case when d.dead then j.run_after else now() + make_interval(secs => $5) end,
-    finished_at = case when d.dead then now() end,
+    run_after = case when $6 and ($4 or j.attempts >= j.max_attempts) then j.run_after
+                     else now() + make_interval(secs => $5) end,
+    finished_at = case when $6 and ($4 or j.attempts >= j.max_attempts) then now() end,
     last_error = $3, lease_token = null, lease_expires_at = null, worker = null
-from decided d
--- The token again: a cancel or rescue committed meanwhile must win (re-checked on the new row).
-where j.id = d.id and j.lease_token = $2
+where j.id = $1 and j.lease_token = $2
 returning j.status, j.run_after;
 
 -- GET
