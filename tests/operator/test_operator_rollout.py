@@ -111,8 +111,9 @@ async def test_a_good_revision_is_promoted_and_its_canary_removed(
     await eventually(lambda: _deployment(api, "docs-worker-canary") is None, what="canary gone")
     passed = [i for i in _rollout(api)["intervals"] if i["outcome"] == "Passed"]
     assert len(passed) >= FAST_POLICY["successIntervals"]
-    assert _events(api, "CanaryStarted")
-    assert _events(api, "Promoted")
+    # Kopf posts Events from a background queue: they may land a moment after the status.
+    await eventually(lambda: _events(api, "CanaryStarted"), within=5, what="a CanaryStarted Event")
+    await eventually(lambda: _events(api, "Promoted"), within=5, what="a Promoted Event")
 
 
 async def test_a_revision_never_ready_is_rolled_back_at_the_progress_deadline(
@@ -136,8 +137,9 @@ async def test_a_revision_never_ready_is_rolled_back_at_the_progress_deadline(
     assert rollout["rejectedRevision"] == rollout["canaryRevision"]
     await eventually(lambda: _deployment(api, "docs-worker-canary") is None, what="canary gone")
     assert _image(_deployment(api, "docs-worker")) == "docpipe:1"
-    warning = _events(api, "RolledBack")
-    assert warning
+    warning = await eventually(
+        lambda: _events(api, "RolledBack"), within=5, what="a RolledBack Event"
+    )
     assert warning[0]["type"] == "Warning"
 
     # The rejected revision is not tried again while the spec stays...
