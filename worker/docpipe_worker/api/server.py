@@ -18,6 +18,7 @@ from docpipe_worker import metrics
 from docpipe_worker.api.app import ApiContext, build_app
 from docpipe_worker.api.auth import TokenVerifier
 from docpipe_worker.api.openapi import openapi_json
+from docpipe_worker.api.query_batching import BatchingEmbedder
 from docpipe_worker.api.ratelimit import RateLimiter
 from docpipe_worker.api.settings import ApiSettings
 from docpipe_worker.database import create_pool, resolve_database_url
@@ -64,14 +65,17 @@ async def open_api(settings: ApiSettings) -> AsyncIterator[RunningApi]:
         timeout = aiohttp.ClientTimeout(total=None, connect=settings.request_timeout_seconds)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             api_key = settings.openai_api_key
-            embedder = OpenAIEmbedder(
-                session,
-                api_key=api_key.get_secret_value() if api_key else "unset",
-                model=settings.embedding_model,
-                dimensions=settings.embedding_dimensions,
-                base_url=settings.openai_base_url,
-                max_concurrency=64,
-                request_timeout=settings.request_timeout_seconds,
+            embedder = BatchingEmbedder(
+                OpenAIEmbedder(
+                    session,
+                    api_key=api_key.get_secret_value() if api_key else "unset",
+                    model=settings.embedding_model,
+                    dimensions=settings.embedding_dimensions,
+                    base_url=settings.openai_base_url,
+                    max_concurrency=settings.embedding_requests,
+                    request_timeout=settings.request_timeout_seconds,
+                ),
+                max_in_flight=settings.embedding_requests,
             )
             context = ApiContext(
                 pool=pool,

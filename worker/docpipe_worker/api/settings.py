@@ -69,6 +69,10 @@ class ApiSettings(BaseSettings):
     # Database connections of one API process. Beyond the cores Postgres has, more connections only
     # queue the same work inside Postgres instead of in the pool.
     pool_size: int = Field(20, ge=1, le=1000)
+    # Embedding requests one API process has under way at once; the queries of searches that
+    # arrive while all are out wait and go together in the next request (one request per search
+    # would make the search rate the embeddings API's request rate).
+    embedding_requests: int = Field(4, ge=1, le=256)
     # uvloop runs the same server with less CPU per request; `asyncio` switches it off.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
