@@ -100,13 +100,15 @@ async def _count_requests(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _count_request_id(request: web.Request) -> None:
-    request_id = request.headers.get("X-Request-ID")
-    if request_id is None:
+    header = request.headers.get("X-Request-ID")
+    if header is None:
         return
     seen = request.app[REQUEST_IDS]
-    if request_id not in seen and len(seen) >= _MAX_REQUEST_IDS:
-        del seen[next(iter(seen))]  # a Counter keeps insertion order: this is the oldest
-    seen[request_id] += 1
+    # A request serving several (the intake API's shared query embeddings) lists their ids.
+    for request_id in filter(None, (part.strip() for part in header.split(","))):
+        if request_id not in seen and len(seen) >= _MAX_REQUEST_IDS:
+            del seen[next(iter(seen))]  # a Counter keeps insertion order: this is the oldest
+        seen[request_id] += 1
 
 
 def _authorized(request: web.Request, api_key: str | None) -> bool:
@@ -203,6 +205,14 @@ def build_app(config: MockConfig) -> web.Application:
     return app
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # Windows: no uvloop
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _runner(config: MockConfig) -> web.AppRunner:
     # Cancelling a handler when its client disconnects ends injected hangs as soon as the client
     # gives up, instead of holding them until shutdown.
@@ -229,6 +239,9 @@ def run(host: str, port: int, config: MockConfig) -> None:
     """Serve the mocks on `host`:`port` until interrupted (Ctrl-C, SIGTERM) or cancelled."""
     web.run_app(
         build_app(config),
+        # uvloop where it exists: the mocks share the machine with what they stand in for the
+        # remote services of, so the less CPU they take per request, the truer the measurements.
+        loop=_new_event_loop(),
         host=host,
         port=port,
         handler_cancellation=True,

@@ -16,6 +16,8 @@ from docpipe_mocks.embedding import embed_text
 from docpipe_mocks.llamaparse import LlamaParseSettings
 from docpipe_mocks.openai import OpenAISettings
 from docpipe_mocks.server import MockConfig, serve
+from docpipe_worker import correlation
+from docpipe_worker.api.query_batching import BatchingEmbedder
 from docpipe_worker.embeddings import OpenAIEmbedder
 from docpipe_worker.errors import PermanentError, TransientError
 from docpipe_worker.llamaparse import LlamaParseClient
@@ -411,3 +413,24 @@ async def test_a_hung_request_is_released_when_the_client_gives_up(
             break
         await asyncio.sleep(0.02)
     assert (await stats(session, mock_url))["POST /v1/embeddings"] == {"no_response": 1}
+
+
+async def test_shared_query_embeddings_reach_the_mock_with_every_searchs_request_id(
+    session: aiohttp.ClientSession, mock_url: str
+) -> None:
+    # One request under way at a time: the mock's latency holds it out while the others queue.
+    await put_faults(session, mock_url, {"openai": {"latency_ms": 200}})
+    batcher = BatchingEmbedder(embedder(session, mock_url, dimensions=64), max_in_flight=1)
+
+    async def search(request_id: str, text: str) -> list[list[float]]:
+        correlation.CURRENT.set(request_id)
+        return await batcher.embed([text])
+
+    texts = [f"question number {i} about lanterns" for i in range(6)]
+    vectors = await asyncio.gather(*(search(f"search-{i}", t) for i, t in enumerate(texts)))
+
+    assert [v[0] for v in vectors] == [pytest.approx(embed_text(t, 64), abs=1e-6) for t in texts]
+    async with session.get(f"{mock_url}/_admin/stats") as response:
+        body = await response.json()
+    assert body["requests"] == {"POST /v1/embeddings": {"200": 2}}  # the first, then the rest
+    assert body["request_ids"] == {f"search-{i}": 1 for i in range(6)}
