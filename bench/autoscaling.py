@@ -4,13 +4,16 @@
    operator tests, with worker pods whose /metrics are real HTTP endpoints on 127.0.0.x. A backlog
    appears; the time until the Deployment's replicas are patched is measured, several times, at
    the default interval (5 s). KEDA's defaults react within 30 s polling + 15 s HPA sync.
-2. Simulation (bench/autoscaling_sim.py): both decisions on the same traces; p95 queue wait and
-   replica-seconds for each; plots in docs/autoscaling-traces.png.
+2. Simulation (bench/autoscaling_sim.py): docpipe's decision and KEDA + HPA over a sweep of
+   targets per replica, on the same seeded jobs of each trace; p95 queue wait, replica-seconds and
+   pods started; docpipe against KEDA tuned to the same wait and to the same replica-seconds.
+   Plots in docs/autoscaling-traces.png and docs/autoscaling-frontier.png.
 3. Footprint: `docpipe operator` as its own process with 50 DocumentPipelines (one worker each),
    RSS and CPU seconds per minute.
 
-    python bench/autoscaling.py            # a table on stdout
-    python bench/autoscaling.py --json     # one JSON object on stdout
+    python bench/autoscaling.py              # a table on stdout
+    python bench/autoscaling.py --json       # one JSON object on stdout
+    python bench/autoscaling.py --sim-only   # the simulation and its plots only (~15 s)
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi  # noqa: E40
 from bench import autoscaling_sim  # noqa: E402
 
 PLOT_PATH = ROOT / "docs" / "autoscaling-traces.png"
+FRONTIER_PATH = ROOT / "docs" / "autoscaling-frontier.png"
 
 
 async def _with_cluster(work: Any) -> Any:
@@ -179,23 +183,44 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, float]:
     return result
 
 
-def plot(load: autoscaling_sim.Workload, path: Path) -> None:
-    """The traces with both autoscalers' replicas, one panel per trace."""
+def plot_traces(
+    load: autoscaling_sim.Workload, traces: dict[str, dict[str, Any]], path: Path
+) -> None:
+    """Replicas over time of docpipe, of KEDA at docpipe's cost and at its usual target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    traces = autoscaling_sim.TRACES
-    fig, axes = plt.subplots(len(traces), 1, figsize=(10, 2.6 * len(traces)))
-    for ax, (name, (trace, duration)) in zip(axes, traces.items(), strict=True):
-        series = autoscaling_sim.trace_series(trace, duration, load)
+    fig, axes = plt.subplots(len(traces), 1, figsize=(10, 2.8 * len(traces)))
+    for ax, (name, result) in zip(axes, traces.items(), strict=True):
+        trace, duration = autoscaling_sim.TRACES[name]
+        same_cost = result["keda_same_cost"]["target_per_replica"]
+        usual = result["keda_usual"]["target_per_replica"]
+        series = autoscaling_sim.trace_series(
+            trace, duration, load, {"same_cost": same_cost, "usual": usual}
+        )
         minutes = [t / 60 for t in series["t"]]
-        ax.plot(minutes, series["docpipe"], label="docpipe replicas", color="tab:blue")
-        ax.plot(minutes, series["keda"], label="KEDA/HPA replicas", color="tab:orange")
         rate = ax.twinx()
-        rate.fill_between(minutes, series["rate"], color="grey", alpha=0.2, label="arrivals/s")
-        rate.set_ylabel("jobs/s")
+        rate.fill_between(minutes, series["rate"], color="grey", alpha=0.2, step="post")
+        rate.set_ylabel("arrivals/s (shaded)")
+        ax.set_zorder(rate.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot(minutes, series["docpipe"], label="docpipe", color="tab:blue")
+        ax.plot(
+            minutes,
+            series["same_cost"],
+            label=f"KEDA, {same_cost:g}/replica (docpipe's cost)",
+            color="tab:orange",
+        )
+        ax.plot(
+            minutes,
+            series["usual"],
+            label=f"KEDA, {usual:g}/replica (usual)",
+            color="tab:green",
+            linestyle="--",
+            linewidth=1,
+        )
         ax.set_title(name)
         ax.set_ylabel("replicas")
         ax.legend(loc="upper right", fontsize=8)
@@ -205,71 +230,205 @@ def plot(load: autoscaling_sim.Workload, path: Path) -> None:
     plt.close(fig)
 
 
+FRONTIER_LABELS = {8.0, 9.0, 12.0, 16.0, 24.0, 32.0, 48.0, 68.0, 100.0, 152.0, 200.0}
+
+
+def plot_frontier(traces: dict[str, dict[str, Any]], path: Path) -> None:
+    """Per trace: KEDA's sweep as p95 wait against replica-seconds, docpipe's point, the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, (len(traces) + 1) // 2, figsize=(12, 9))
+    for ax, (name, result) in zip(axes.flat, traces.items(), strict=False):
+        sweep = result["keda_sweep"]
+        xs = [k["replica_seconds"] for k in sweep]
+        ys = [k["p95_wait_s"] for k in sweep]
+        ax.scatter(xs, ys, s=14, color="tab:orange", label="KEDA at a target per replica")
+        # Label a few targets, skipping any too close to one already labelled.
+        x_span = (max(xs) - min(xs)) or 1.0
+        y_span = (max(ys) - min(ys)) or 1.0
+        labelled: list[tuple[float, float]] = []
+        for k in sweep:
+            x, y = k["replica_seconds"] / x_span, k["p95_wait_s"] / y_span
+            crowded = any(abs(x - lx) < 0.05 and abs(y - ly) < 0.06 for lx, ly in labelled)
+            if k["target_per_replica"] in FRONTIER_LABELS and not crowded:
+                labelled.append((x, y))
+                ax.annotate(
+                    f"{k['target_per_replica']:g}",
+                    (k["replica_seconds"], k["p95_wait_s"]),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=7,
+                )
+        for key, marker in (("keda_same_cost", "s"), ("keda_same_wait", "D")):
+            k = result[key]
+            if k is not None:
+                ax.scatter(
+                    [k["replica_seconds"]],
+                    [k["p95_wait_s"]],
+                    s=80,
+                    facecolors="none",
+                    edgecolors="black",
+                    marker=marker,
+                    label=key.replace("keda_", "KEDA ").replace("_", " "),
+                )
+        d = result["docpipe"]
+        ax.scatter(
+            [d["replica_seconds"]],
+            [d["p95_wait_s"]],
+            s=160,
+            marker="*",
+            color="tab:blue",
+            zorder=3,
+            label="docpipe (300 s stabilization)",
+        )
+        for i, (seconds, other) in enumerate(result["docpipe_stabilization"].items()):
+            ax.scatter(
+                [other["replica_seconds"]],
+                [other["p95_wait_s"]],
+                s=60,
+                marker="*",
+                facecolors="none",
+                edgecolors="tab:blue",
+                label="docpipe, shorter stabilization" if i == 0 else None,
+            )
+            ax.annotate(
+                f"{seconds} s",
+                (other["replica_seconds"], other["p95_wait_s"]),
+                textcoords="offset points",
+                xytext=(4, -9),
+                fontsize=7,
+                color="tab:blue",
+            )
+        ax.axvline(
+            result["work"]["replica_seconds"], color="grey", linestyle="--", label="work floor"
+        )
+        ax.set_title(name)
+        ax.set_xlabel("replica-seconds")
+        ax.set_ylabel("p95 queue wait (s)")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in list(axes.flat)[len(traces) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _row(label: str, run: dict[str, float] | None, docpipe: dict[str, float] | None) -> str:
+    """One run's figures; the last column is docpipe's replica-seconds / this run's."""
+    if run is None:
+        return f"  {label:<26} (no target waits as little as docpipe)"
+    target = run.get("target_per_replica")
+    ratio = "" if docpipe is None else f"{docpipe['replica_seconds'] / run['replica_seconds']:.2f}"
+    return (
+        f"  {label:<26} {'-' if target is None else f'{target:g}':>6} "
+        f"{run['p95_wait_s']:>7.0f}s {run['replica_seconds']:>10,.0f} "
+        f"{run['pods_started']:>5.0f} {ratio:>9}"
+    ).rstrip()
+
+
+def print_traces(result: dict[str, Any]) -> None:
+    """The simulation's table: per trace docpipe, the matched KEDA runs, the floor, the verdict."""
+    yes = {True: "yes", False: "no"}
+    print(
+        f"target wait {result['target_wait_s']:g} s, seed {result['seed']}; KEDA swept over "
+        f"{len(result['keda_targets'])} targets per replica "
+        f"({min(result['keda_targets']):g}-{max(result['keda_targets']):g}); "
+        f"simulation {result['sim_seconds']:.1f} s"
+    )
+    print(f"  {'':<26} {'target':>6} {'p95':>8} {'replica·s':>10} {'pods':>5} {'dp r·s/':>9}")
+    for name, r in result["traces"].items():
+        d = r["docpipe"]
+        print(name)
+        print(_row("docpipe", d, None))
+        print(_row("KEDA same cost", r["keda_same_cost"], d))
+        print(_row("KEDA same wait", r["keda_same_wait"], d))
+        print(_row("KEDA usual", r["keda_usual"], d))
+        print(_row("KEDA aimed at the wait", r["keda_for_wait"], d))
+        for seconds, other in r["docpipe_stabilization"].items():
+            print(_row(f"(docpipe, {seconds} s stab.)", other, None))
+        print(f"  {'work floor':<26} {'':>6} {'':>8} {r['work']['replica_seconds']:>10,.0f}")
+        v = r["verdict"]
+        print(
+            f"  same wait at ≤ 80 %: {yes[v['same_wait_cheaper']]}; same cost, lower wait: "
+            f"{yes[v['same_cost_faster']]}; criterion met: {yes[v['met']].upper()}"
+        )
+    print(f"criterion met on every trace: {yes[result['criterion_met']]}")
+
+
+def simulate(args: argparse.Namespace) -> dict[str, Any]:
+    """The simulation part of the result (and the plots)."""
+    load = autoscaling_sim.Workload(seed=None if args.no_noise else args.seed)
+    start = time.monotonic()
+    traces = autoscaling_sim.run_traces(load)
+    elapsed = time.monotonic() - start
+    if not args.no_plot:
+        plot_traces(load, traces, PLOT_PATH)
+        plot_frontier(traces, FRONTIER_PATH)
+    return {
+        "traces": traces,
+        "criterion_met": all(r["verdict"]["met"] for r in traces.values()),
+        "target_wait_s": load.target_wait_seconds,
+        "seed": load.seed,
+        "keda_targets": autoscaling_sim.keda_targets(load),
+        "keda_usual_target_per_replica": float(load.concurrency),
+        "keda_for_wait_target_per_replica": autoscaling_sim.keda_target_for_wait(load),
+        "sim_seconds": elapsed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument(
+        "--sim-only", action="store_true", help="the simulation and plots only, no emulator"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the traces' jobs")
+    parser.add_argument(
+        "--no-noise", action="store_true", help="deterministic arrivals and job times"
+    )
     parser.add_argument("--spikes", type=int, default=5, help="backlog spikes to time")
     parser.add_argument("--pipelines", type=int, default=50, help="pipelines for the footprint")
     parser.add_argument("--footprint-seconds", type=float, default=60.0)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
 
-    load = autoscaling_sim.Workload()
-    traces = autoscaling_sim.run_traces(load)
-    if not args.no_plot:
-        plot(load, PLOT_PATH)
-    reactions = asyncio.run(measure_reaction(args.spikes))
-    footprint = asyncio.run(measure_footprint(args.pipelines, args.footprint_seconds))
-    result: dict[str, Any] = {
-        "reaction_s": max(reactions),
-        "reaction_median_s": statistics.median(reactions),
-        "reaction_all_s": reactions,
-        "reaction_bound_s": 5.0 + 1.0,
-        "keda_reaction_bound_s": autoscaling_sim.KEDA_POLLING_SECONDS
-        + autoscaling_sim.HPA_SYNC_SECONDS,
-        "traces": traces,
-        "verdicts": {name: autoscaling_sim.verdict(r) for name, r in traces.items()},
-        "verdicts_same_wait": {
-            name: autoscaling_sim.verdict(r, "keda_same_wait") for name, r in traces.items()
-        },
-        "keda_target_per_replica": float(load.concurrency),
-        "keda_same_wait_target_per_replica": autoscaling_sim.keda_target_for_wait(load),
-        "target_wait_s": load.target_wait_seconds,
-        "footprint": footprint,
-    }
+    result: dict[str, Any] = {}
+    if not args.sim_only:
+        reactions = asyncio.run(measure_reaction(args.spikes))
+        result.update(
+            {
+                "reaction_s": max(reactions),
+                "reaction_median_s": statistics.median(reactions),
+                "reaction_all_s": reactions,
+                "reaction_bound_s": 5.0 + 1.0,
+                "keda_reaction_bound_s": autoscaling_sim.KEDA_POLLING_SECONDS
+                + autoscaling_sim.HPA_SYNC_SECONDS,
+            }
+        )
+    result.update(simulate(args))
+    if not args.sim_only:
+        result["footprint"] = asyncio.run(measure_footprint(args.pipelines, args.footprint_seconds))
     if args.json:
         print(json.dumps(result))
         return 0
-    print(
-        f"reaction: max {max(reactions):.2f} s, median {statistics.median(reactions):.2f} s "
-        f"(bound {result['reaction_bound_s']:.0f} s; KEDA defaults up to "
-        f"{result['keda_reaction_bound_s']:.0f} s)"
-    )
-    print(
-        f"target wait {load.target_wait_seconds:g} s; KEDA target per replica "
-        f"{result['keda_target_per_replica']:g} (no wait) and "
-        f"{result['keda_same_wait_target_per_replica']:g} (same wait)"
-    )
-    print(
-        f"{'trace':<16} {'KEDA target':>11} {'docpipe p95':>12} {'keda p95':>9} "
-        f"{'docpipe r·s':>12} {'keda r·s':>9} {'ratio':>6} {'work r·s':>9}  meets"
-    )
-    for name, r in traces.items():
-        for keda, verdicts in (("keda", "verdicts"), ("keda_same_wait", "verdicts_same_wait")):
-            d, k = r["docpipe"], r[keda]
-            label = "no wait" if keda == "keda" else "same wait"
-            print(
-                f"{name:<16} {label:>11} {d['p95_wait_s']:>11.0f}s {k['p95_wait_s']:>8.0f}s "
-                f"{d['replica_seconds']:>12.0f} {k['replica_seconds']:>9.0f} "
-                f"{d['replica_seconds'] / k['replica_seconds']:>6.2f} "
-                f"{r['work']['replica_seconds']:>9.0f}  {result[verdicts][name]}"
-            )
-    f = footprint
-    print(
-        f"operator footprint, {f['pipelines']:.0f} pipelines: RSS {f['rss_mib']:.0f} MiB, "
-        f"CPU {f['cpu_seconds_per_minute']:.1f} s/min, "
-        f"{f['api_requests_per_minute']:.0f} API requests/min"
-    )
+    if not args.sim_only:
+        print(
+            f"reaction: max {result['reaction_s']:.2f} s, "
+            f"median {result['reaction_median_s']:.2f} s "
+            f"(bound {result['reaction_bound_s']:.0f} s; KEDA defaults up to "
+            f"{result['keda_reaction_bound_s']:.0f} s)"
+        )
+    print_traces(result)
+    if not args.sim_only:
+        f = result["footprint"]
+        print(
+            f"operator footprint, {f['pipelines']:.0f} pipelines: RSS {f['rss_mib']:.0f} MiB, "
+            f"CPU {f['cpu_seconds_per_minute']:.1f} s/min, "
+            f"{f['api_requests_per_minute']:.0f} API requests/min"
+        )
     return 0
 
 
