@@ -41,7 +41,9 @@ class FakeEmbedder:
             if any("down" in text for text in texts):
                 raise TransientError("openai: 503")
             if any("refused" in text for text in texts):
-                raise PermanentError("openai: 400 input too long")
+                raise PermanentError("openai: 400 input too long", status=400)
+            if any("forbidden" in text for text in texts):
+                raise PermanentError("openai: 401 wrong key", status=401)
             return [vector_of(text) for text in texts]
         finally:
             self.concurrent -= 1
@@ -81,7 +83,8 @@ async def test_in_flight_and_batch_size_are_bounded() -> None:
     batcher = BatchingEmbedder(fake, max_in_flight=2, max_batch_inputs=3)
     calls = [asyncio.create_task(batcher.embed([f"q{i}"])) for i in range(12)]
     await settle()
-    assert len(fake.requests) == 2 and batcher.in_flight == 2
+    assert len(fake.requests) == 2
+    assert batcher.in_flight == 2
     fake.gate.set()
     results = await asyncio.gather(*calls)
     assert results == [[vector_of(f"q{i}")] for i in range(12)]
@@ -111,6 +114,34 @@ async def test_a_refused_query_fails_alone() -> None:
     # The shared request was refused, then each query went alone.
     assert fake.requests[1] == ["good one", "refused " * 3, "another good one"]
     assert fake.requests[2:] == [["good one"], ["refused " * 3], ["another good one"]]
+
+
+async def test_a_refusal_that_is_not_about_the_input_fails_the_request_at_once() -> None:
+    fake = FakeEmbedder()
+    fake.gate = asyncio.Event()
+    batcher = BatchingEmbedder(fake, max_in_flight=1)
+    blocker = asyncio.create_task(batcher.embed(["blocker"]))
+    await settle()
+    shared = [asyncio.create_task(batcher.embed([text])) for text in ("a", "forbidden", "b")]
+    await settle()
+    fake.gate.set()
+    await blocker
+    for task in shared:
+        with pytest.raises(PermanentError, match="wrong key"):
+            await task
+    assert len(fake.requests) == 2  # not sent again query by query
+
+
+async def test_an_interrupted_request_leaves_no_caller_waiting() -> None:
+    fake = FakeEmbedder()
+    fake.gate = asyncio.Event()
+    batcher = BatchingEmbedder(fake, max_in_flight=1)
+    caller = asyncio.create_task(batcher.embed(["stuck"]))
+    await settle()
+    (request,) = batcher._requests
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(caller, 1.0)
 
 
 async def test_a_service_failure_reaches_every_caller_of_the_request() -> None:

@@ -28,4 +28,11 @@ class LeaseLostError(Exception):
 
 
 class PermanentError(JobError):
-    """Retrying cannot help (4xx, unreadable file, empty document): the job goes dead at once."""
+    """Retrying cannot help (4xx, unreadable file, empty document): the job goes dead at once.
+
+    `status` is the HTTP status of the refusal, when a service refused.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -145,5 +145,5 @@ async def request_model(
     if status in (408, 429) or status >= 500:
         raise TransientError(message, retry_after=parse_retry_after(response.headers))
     if 400 <= status < 500:
-        raise PermanentError(message)
+        raise PermanentError(message, status=status)
     raise TransientError(message)

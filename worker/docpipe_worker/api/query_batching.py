@@ -6,8 +6,9 @@ costs a round trip's worth of CPU on both ends per query. So at most `max_in_fli
 requests run at once; queries that arrive while all of them are out wait and leave together in
 the next one. A lone search never waits: with a request slot free, its query goes at once.
 
-One refused query must not fail the searches it happened to share a request with: a batch the
-service refuses as a whole (a permanent error) is sent again one query at a time.
+One refused query must not fail the searches it happened to share a request with: a shared request
+the service refuses for its input (400, 413, 422) is sent again one query at a time. Refusals that
+do not depend on the input (a wrong key, an unknown model) fail every search of the request.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Protocol
 
 from docpipe_worker import correlation
 from docpipe_worker.errors import PermanentError
+
+# Statuses by which a service refuses a request for what it holds: worth finding whose query it was.
+_INPUT_REFUSED = frozenset({400, 413, 422})
 
 
 class Embedder(Protocol):
@@ -72,11 +76,6 @@ class BatchingEmbedder:
                 if not query.future.cancel() and not query.future.cancelled():
                     query.future.exception()
 
-    async def close(self) -> None:
-        """Wait for the requests under way (their callers are waiting for them)."""
-        while self._requests:
-            await asyncio.gather(*self._requests, return_exceptions=True)
-
     def _send_waiting(self) -> None:
         self._waiting = [query for query in self._waiting if not query.future.done()]
         while self._waiting and len(self._requests) < self._max_in_flight:
@@ -92,9 +91,17 @@ class BatchingEmbedder:
 
     async def _send(self, batch: list[_Query]) -> None:
         try:
+            await self._answer(batch)
+        finally:
+            # Interrupted (shutdown): whoever still waits is told, instead of waiting forever.
+            for query in batch:
+                query.future.cancel()
+
+    async def _answer(self, batch: list[_Query]) -> None:
+        try:
             vectors = await self._embed(batch)
         except PermanentError as refused:
-            if len(batch) == 1:
+            if len(batch) == 1 or refused.status not in _INPUT_REFUSED:
                 _settle(batch, error=refused)
                 return
             # Refused as a whole: find out whose query it was by sending each one alone.
