@@ -5,11 +5,13 @@ Everything here is pure: the caller scrapes the workers (or queries Prometheus),
 
 The sizing rule, in slots (one slot runs one job; a worker has `concurrency` of them):
 
-    slots needed = max(jobs in flight now, arrival rate × seconds per job)
+    slots needed = max(jobs in flight, arrival rate × seconds per job)
                    + ready jobs × seconds per job / target queue wait
     replicas     = ceil(slots needed / concurrency)
 
 The first term keeps up with the arrivals; the second drains the backlog within the target wait.
+Jobs in flight are averaged over the arrival window: one scrape's count is noisy, and the
+scale-down stabilization would hold its peaks.
 Jobs in flight measure the arrival rate only while slots are free (Little's law: in flight = rate
 × job time): once every slot is busy they stop rising however fast jobs arrive. So the arrival
 rate is also measured directly, as jobs completed plus the growth of jobs in flight and of the
@@ -164,10 +166,13 @@ def decide_replicas(
     )
 
     arrival = _measure_arrival(samples, policy)
-    absorbing = load.in_flight
-    # An idle fleet (nothing ready, nothing in flight) has no arrivals now, whatever the window
-    # still remembers: jobs arriving would be ready or in flight. Counting them would keep
-    # replicas up for the length of the window and delay scale-to-zero.
+    # Jobs in flight averaged over the arrival window, not as last scraped: one scrape's count
+    # is noisy (Poisson arrivals, uneven job times), and the scale-down stabilization keeps the
+    # highest recommendation of its window, so a noisy figure would hold its peaks.
+    # An idle fleet (nothing ready, nothing in flight) has no work and no arrivals now, whatever
+    # the window still remembers: jobs arriving would be ready or in flight. Counting them would
+    # keep replicas up for the length of the window and delay scale-to-zero.
+    absorbing = 0.0 if load.idle else _mean_in_flight(samples, policy, load.in_flight)
     if arrival is not None and seconds_per_job is not None and not load.idle:
         absorbing = max(absorbing, arrival * seconds_per_job)
     slots = absorbing + load.backlog * job_seconds / policy.target_queue_wait_seconds
@@ -278,6 +283,17 @@ def _measure_arrival(samples: tuple[CounterSample, ...], policy: ScalingSpec) ->
     if span <= 0:
         return None
     return max(arrived / span, 0.0)
+
+
+def _mean_in_flight(
+    samples: tuple[CounterSample, ...], policy: ScalingSpec, latest: float
+) -> float:
+    """Jobs in flight, averaged over the arrival window."""
+    if not samples:
+        return latest
+    window = max(ARRIVAL_WINDOW_SECONDS, 2.0 * policy.interval_seconds)
+    recent = [sum(s.in_flight.values()) for s in samples if s.at >= samples[-1].at - window]
+    return sum(recent) / len(recent)
 
 
 def _measure_rates(samples: tuple[CounterSample, ...]) -> tuple[float | None, float | None]:

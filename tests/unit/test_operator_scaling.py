@@ -359,6 +359,36 @@ def test_a_saturated_fleet_is_sized_for_the_arrivals_it_cannot_absorb() -> None:
     assert "8 arriving/s" in decision.reason
 
 
+def _in_flight_history(counts: Sequence[float]) -> ScalingHistory:
+    """Samples every 5 s up to NOW - 5 of one pod's jobs in flight (no completions yet)."""
+    start = NOW - 5 * len(counts)
+    return ScalingHistory(
+        samples=tuple(
+            CounterSample(at=start + 5 * i, succeeded={"w-0": 0}, in_flight={"w-0": c}, ready=0)
+            for i, c in enumerate(counts)
+        )
+    )
+
+
+def test_one_scrapes_peak_of_jobs_in_flight_does_not_size_the_fleet() -> None:
+    # 14 jobs in flight for 30 s, then one scrape catches 24 (Poisson arrivals do that): sized
+    # on that scrape alone the fleet would go to 6 workers, and the scale-down stabilization
+    # would hold the peak for its whole window. Averaged over the arrival window it stays at 4.
+    history = _in_flight_history([14] * 6)
+
+    decision, _ = decide(snapshot([24], ready_jobs=0), current=4, history=history)
+
+    assert decision.desired == 4
+
+
+def test_jobs_in_flight_that_stay_up_raise_the_fleet() -> None:
+    history = _in_flight_history([24] * 6)
+
+    decision, _ = decide(snapshot([24], ready_jobs=0), current=4, history=history)
+
+    assert decision.desired == 6
+
+
 def test_a_draining_backlog_counts_against_the_arrival_rate() -> None:
     # 120 done in 30 s while the backlog fell by 90: only 1 job/s arrived.
     earlier = CounterSample(
