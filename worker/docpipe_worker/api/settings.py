@@ -64,8 +64,10 @@ class ApiSettings(BaseSettings):
     rate_limit_burst: int = Field(100, ge=1, le=1_000_000)
     max_attempts: int = Field(5, ge=1, le=100)
     # Candidates the HNSW index scans per search before the owner filter: more is better recall
-    # for owners with few of the chunks, at some cost in latency (pgvector's default is 40).
-    search_ef_search: int = Field(100, ge=10, le=1000)
+    # (and better odds for owners with few of the chunks) at a cost in CPU per search that grows
+    # about linearly with it; pgvector's default is 40. docs/benchmarks.md "Intake API" measures
+    # recall and load at 40, 64 and 100.
+    search_ef_search: int = Field(64, ge=10, le=1000)
     # Database connections of one API process. Beyond the cores Postgres has, more connections only
     # queue the same work inside Postgres instead of in the pool.
     pool_size: int = Field(20, ge=1, le=1000)
