@@ -31,7 +31,12 @@ async def running(consumer: Consumer) -> AsyncIterator[Consumer]:
         yield consumer
     finally:
         await consumer.drain(grace_s=5)
-        await task
+        # Bounded: a consumer that does not stop after a drain fails the test with this message
+        # instead of hanging the session (one CI run hung in this module; not reproduced).
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        except TimeoutError:
+            raise AssertionError("the consumer did not stop within 30 s of drain()") from None
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
