@@ -239,12 +239,19 @@ class Consumer:
     # -- processing -----------------------------------------------------------------------------
 
     async def _process(self, job: ClaimedJob) -> None:
+        try:
+            await self._handle(job)
+        finally:
+            # Whatever happens, even a cancel while recording a failure (drain() under load),
+            # the slot is freed: run() waits for every running job to leave before it returns.
+            self._finish(job)
+
+    async def _handle(self, job: ClaimedJob) -> None:
         started = time.monotonic()
         try:
             outcome = await self.handler(job)
         except asyncio.CancelledError:
             # Cancelled because the lease was lost (cancel, rescue) or by drain(): not a failure.
-            self._finish(job)
             raise
         except LeaseLostError as exc:
             self._m_lost.inc()
@@ -269,7 +276,6 @@ class Consumer:
                 self._acks.append(job.lease)
                 if len(self._acks) >= self.config.ack_batch or len(self._acks) == 1:
                     self._ack_ready.set()
-        self._finish(job)
 
     def _hold_slot(self, started: float) -> None:
         remaining = self.config.failure_hold_s - (time.monotonic() - started)
