@@ -395,3 +395,31 @@ async def test_a_canary_consumer_never_makes_a_job_dead(pool: asyncpg.Pool) -> N
     row = await queue.get(pool, job_id)
     assert row is not None
     assert (row["status"], row["attempts"]) == ("queued", 0)
+
+
+async def test_drain_while_a_failure_is_being_recorded_still_stops_the_consumer(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recording the failure outlasts drain()'s grace, so drain cancels the job mid-record (what
+    # CPU load made happen in CI): the job must still leave the running set, or run() never
+    # returns.
+    await queue.enqueue(pool, [NewJob(pipeline="p")])
+    recording = asyncio.Event()
+    real_fail = queue.fail
+
+    async def slow_fail(*args: object, **kwargs: object) -> object:
+        recording.set()
+        await asyncio.sleep(3600)
+        return await real_fail(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queue, "fail", slow_fail)
+
+    async def failing(job: ClaimedJob) -> None:
+        raise TransientError("broken")
+
+    consumer = Consumer(pool, failing, config(concurrency=1, batch_size=1))
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(recording.wait(), 10)
+    await consumer.drain(grace_s=0.1)
+    await asyncio.wait_for(task, 10)
+    assert consumer.in_flight == 0
