@@ -172,7 +172,14 @@ def decide_replicas(
     # An idle fleet (nothing ready, nothing in flight) has no work and no arrivals now, whatever
     # the window still remembers: jobs arriving would be ready or in flight. Counting them would
     # keep replicas up for the length of the window and delay scale-to-zero.
-    absorbing = 0.0 if load.idle else _mean_in_flight(samples, policy, load.in_flight)
+    # With jobs ready, every slot is busy and the count is the fleet's capacity, not noise: the
+    # average would lag a fleet that is still growing and shrink it under a standing backlog.
+    if load.idle:
+        absorbing = 0.0
+    elif load.backlog > 0:
+        absorbing = load.in_flight
+    else:
+        absorbing = _mean_in_flight(samples, policy, load.in_flight)
     if arrival is not None and seconds_per_job is not None and not load.idle:
         absorbing = max(absorbing, arrival * seconds_per_job)
     slots = absorbing + load.backlog * job_seconds / policy.target_queue_wait_seconds
