@@ -10,8 +10,8 @@ The sizing rule, in slots (one slot runs one job; a worker has `concurrency` of 
     replicas     = ceil(slots needed / concurrency)
 
 The first term keeps up with the arrivals; the second drains the backlog within the target wait.
-Jobs in flight are averaged over the arrival window: one scrape's count is noisy, and the
-scale-down stabilization would hold its peaks.
+With no job ready, jobs in flight are averaged over the arrival window: one scrape's count is
+noisy, and the scale-down stabilization would hold its peaks.
 Jobs in flight measure the arrival rate only while slots are free (Little's law: in flight = rate
 × job time): once every slot is busy they stop rising however fast jobs arrive. So the arrival
 rate is also measured directly, as jobs completed plus the growth of jobs in flight and of the
