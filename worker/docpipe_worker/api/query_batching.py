@@ -16,17 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from docpipe_worker import correlation
+from docpipe_worker.api.app import Embedder
 from docpipe_worker.errors import PermanentError
 
 # Statuses by which a service refuses a request for what it holds: worth finding whose query it was.
 _INPUT_REFUSED = frozenset({400, 413, 422})
-
-
-class Embedder(Protocol):
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
 @dataclass(eq=False)
