@@ -52,14 +52,14 @@ import asyncpg
 from pgvector import Vector
 
 from bench.corpus import make_paragraph, pick_topic
+from docpipe_api.auth import DEVELOPMENT_SECRET, mint_token
+from docpipe_api.settings import ApiSettings
+from docpipe_api.store import GET_DOCUMENT, SEARCH_APPROXIMATE, SEARCH_EXACT
+from docpipe_cli.devstack import free_port
 from docpipe_mocks.embedding import embed_text
-from docpipe_worker.api.auth import DEVELOPMENT_SECRET, mint_token
-from docpipe_worker.api.settings import ApiSettings
-from docpipe_worker.api.store import GET_DOCUMENT, SEARCH_APPROXIMATE, SEARCH_EXACT
-from docpipe_worker.database import create_pool
-from docpipe_worker.devstack import free_port
-from docpipe_worker.embedded import start_embedded_postgres
-from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS, migrate
+from docpipe_queue.database import create_pool
+from docpipe_queue.embedded import start_embedded_postgres
+from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, migrate
 
 DIMS = DEFAULT_EMBEDDING_DIMENSIONS
 OWNER = "bench"
@@ -254,7 +254,7 @@ async def load(
 async def spawn(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "docpipe_worker.cli", *args, env=env, stdout=out, stderr=out
+            sys.executable, "-m", "docpipe_cli.main", *args, env=env, stdout=out, stderr=out
         )
 
 

@@ -41,11 +41,11 @@ import aiohttp
 import asyncpg
 
 from bench.corpus import make_document
-from docpipe_worker.database import create_pool
-from docpipe_worker.devstack import free_port
-from docpipe_worker.embedded import start_embedded_postgres
-from docpipe_worker.migrator import migrate
-from docpipe_worker.queue import NewJob, enqueue
+from docpipe_cli.devstack import free_port
+from docpipe_queue.database import create_pool
+from docpipe_queue.embedded import start_embedded_postgres
+from docpipe_queue.jobs import NewJob, enqueue
+from docpipe_queue.migrator import migrate
 
 
 @dataclass
@@ -155,7 +155,7 @@ async def run_case(
     mock_port = free_port()
     mocks = f"http://127.0.0.1:{mock_port}"
     base_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    mock_args = ["-m", "docpipe_worker.cli", "mocks", "--port", str(mock_port)]
+    mock_args = ["-m", "docpipe_cli.main", "mocks", "--port", str(mock_port)]
     mock_args += ["--latency-ms", str(latency_ms), "--pending-polls", "0"]
     procs = [await spawn(mock_args, base_env, workdir / f"{name}-mocks.log")]
     try:
@@ -177,7 +177,7 @@ async def run_case(
                 "DOCPIPE_METRICS_PORT": str(port),
                 "DOCPIPE_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
             }
-            cmd = ["-m", "docpipe_worker.cli", "worker"]
+            cmd = ["-m", "docpipe_cli.main", "worker"]
             if profile is not None:
                 cmd = ["-m", "cProfile", "-o", str(profile), *cmd]
             procs.append(await spawn(cmd, env, workdir / f"{name}-worker-{w}.log"))

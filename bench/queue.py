@@ -41,13 +41,13 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY
 
-from docpipe_worker import database
-from docpipe_worker import queue as docpipe_queue
-from docpipe_worker.consumer import Consumer, ConsumerConfig
-from docpipe_worker.database import init_connection
-from docpipe_worker.embedded import start_embedded_postgres
-from docpipe_worker.migrator import migrate
-from docpipe_worker.queue import ClaimedJob, NewJob
+from docpipe_queue import database
+from docpipe_queue import jobs as docpipe_queue
+from docpipe_queue.consumer import Consumer, ConsumerConfig
+from docpipe_queue.database import init_connection
+from docpipe_queue.embedded import start_embedded_postgres
+from docpipe_queue.jobs import ClaimedJob, NewJob
+from docpipe_queue.migrator import migrate
 
 log = logging.getLogger("bench.queue")
 

@@ -52,13 +52,14 @@ from tests.operator.conftest import (  # noqa: E402
     pipeline_body,
 )
 from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi  # noqa: E402
+from tests.support.mocks import serve  # noqa: E402
 
-from docpipe_mocks.server import MockConfig, serve  # noqa: E402
+from docpipe_mocks.server import MockConfig  # noqa: E402
 from docpipe_operator import telemetry  # noqa: E402
 from docpipe_operator.model import RolloutSpec  # noqa: E402
-from docpipe_worker.database import create_pool  # noqa: E402
-from docpipe_worker.embedded import start_embedded_postgres  # noqa: E402
-from docpipe_worker.migrator import migrate  # noqa: E402
+from docpipe_queue.database import create_pool  # noqa: E402
+from docpipe_queue.embedded import start_embedded_postgres  # noqa: E402
+from docpipe_queue.migrator import migrate  # noqa: E402
 
 REPLICAS = 5  # the default canary share (20 %) makes one of them the canary
 CONCURRENCY = 4

@@ -12,6 +12,7 @@ WORKDIR /src
 RUN python -m venv /opt/docpipe
 COPY pyproject.toml README.md ./
 COPY worker/ worker/
+COPY api/ api/
 COPY operator/ operator/
 COPY mocks/ mocks/
 RUN /opt/docpipe/bin/pip install --no-cache-dir . \

@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from docpipe_worker.database import create_pool
-from docpipe_worker.embedded import start_embedded_postgres
-from docpipe_worker.migrator import migrate
+from docpipe_queue.database import create_pool
+from docpipe_queue.embedded import start_embedded_postgres
+from docpipe_queue.migrator import migrate
 
 TEMPLATE_DB = "docpipe_template"
 

@@ -1,4 +1,6 @@
-"""A LlamaParse-compatible parsing API that extracts real text with docpipe's own extractor."""
+"""A LlamaParse-compatible parsing API. What it extracts is the extractor's it is given: `docpipe
+mocks` gives it docpipe's own (real text from PDF, DOCX, HTML...); alone it reads text files only.
+The mocks import nothing of docpipe, so the extractor comes in as a function."""
 
 from __future__ import annotations
 
@@ -7,16 +9,18 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from docpipe_worker.errors import PermanentError
-from docpipe_worker.extraction import extract_markdown
-
 PATH_PREFIX = "/api/parsing/"
+
+# Turns an uploaded file's bytes (and its filename and content type, if given) into markdown; an
+# exception ends the parsing job in ERROR with the exception's message, as the real service does
+# for a file it cannot read.
+Extractor = Callable[[bytes, str, "str | None"], str]
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class JobStore:
 
 
 SETTINGS = web.AppKey("llamaparse_settings", LlamaParseSettings)
+EXTRACTOR: web.AppKey[Extractor] = web.AppKey("llamaparse_extractor")
 JOBS = web.AppKey("llamaparse_jobs", JobStore)
 ROUTES = web.RouteTableDef()
 
@@ -81,17 +86,33 @@ def error_response(
     return web.json_response({"detail": message}, status=status, headers=headers)
 
 
-async def _extract(data: bytes, filename: str, content_type: str | None) -> _Outcome:
+class UnreadableUploadError(ValueError):
+    """The default extractor cannot read this file."""
+
+
+def read_text(data: bytes, filename: str, content_type: str | None) -> str:
+    """The extractor used when none is given: UTF-8 text as it is; anything else is refused."""
     try:
-        markdown = await asyncio.to_thread(
-            extract_markdown, data, filename=filename, content_type=content_type
-        )
-    except PermanentError as exc:
-        return _Outcome(error=str(exc))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableUploadError(
+            f"cannot parse {filename!r} ({content_type or 'no content type'}): this mock reads"
+            " UTF-8 text only unless it is started with an extractor (`docpipe mocks` is)"
+        ) from None
+    if not text.strip():
+        raise UnreadableUploadError(f"no text could be extracted from {filename!r}")
+    return text
+
+
+async def _extract(
+    extract: Extractor, data: bytes, filename: str, content_type: str | None
+) -> _Outcome:
+    try:
+        markdown = await asyncio.to_thread(extract, data, filename, content_type)
     except Exception as exc:
-        # A bug in extraction must still end the job, as the real service reports ERROR.
-        _log.exception("extraction of %r failed", filename)
-        return _Outcome(error=f"internal error while parsing {filename!r}: {exc}")
+        # Whatever the extractor raises ends the job, as the real service reports ERROR.
+        _log.info("extraction of %r failed: %s", filename, exc)
+        return _Outcome(error=str(exc) or f"internal error while parsing {filename!r}")
     return _Outcome(markdown=markdown)
 
 
@@ -111,7 +132,9 @@ async def upload(request: web.Request) -> web.Response:
         content_type = None
     job = _Job(
         id=str(uuid.uuid4()),
-        extraction=asyncio.create_task(_extract(data, upload.filename, content_type)),
+        extraction=asyncio.create_task(
+            _extract(request.app[EXTRACTOR], data, upload.filename, content_type)
+        ),
     )
     request.app[JOBS].add(job)
     return web.json_response({"id": job.id, "status": "PENDING"})
@@ -157,9 +180,12 @@ async def job_markdown(request: web.Request) -> web.Response:
     return web.json_response({"markdown": outcome.markdown})
 
 
-def install(app: web.Application, settings: LlamaParseSettings) -> None:
-    """Add the parsing endpoints to `app`, configured by `settings`."""
+def install(
+    app: web.Application, settings: LlamaParseSettings, extract: Extractor = read_text
+) -> None:
+    """Add the parsing endpoints to `app`, configured by `settings`, extracting with `extract`."""
     app[SETTINGS] = settings
+    app[EXTRACTOR] = extract
     app[JOBS] = JobStore(max_jobs=settings.max_jobs)
 
     async def close_jobs(app: web.Application) -> None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from docpipe_mocks import llamaparse, openai
 from docpipe_mocks.faults import FaultConfig, FaultInjector, FaultKind, Service
-from docpipe_mocks.llamaparse import LlamaParseSettings
+from docpipe_mocks.llamaparse import Extractor, LlamaParseSettings, read_text
 from docpipe_mocks.openai import OpenAISettings
 
 _log = logging.getLogger(__name__)
@@ -177,8 +177,9 @@ async def _get_stats(request: web.Request) -> web.Response:
     return web.json_response({"requests": requests, "request_ids": request_ids})
 
 
-def build_app(config: MockConfig) -> web.Application:
-    """Build the mock application: LlamaParse and OpenAI endpoints, faults, admin API."""
+def build_app(config: MockConfig, extract: Extractor = read_text) -> web.Application:
+    """Build the mock application: LlamaParse (parsing with `extract`) and OpenAI endpoints,
+    faults, admin API."""
     app = web.Application(
         middlewares=[_count_requests, _inject_faults], client_max_size=config.max_body_bytes
     )
@@ -192,7 +193,7 @@ def build_app(config: MockConfig) -> web.Application:
         ),
         _ServiceRoute("openai", openai.PATH_PREFIX, config.openai.api_key, _openai_error),
     )
-    llamaparse.install(app, config.llamaparse)
+    llamaparse.install(app, config.llamaparse, extract)
     openai.install(app, config.openai)
     app.router.add_get("/_admin/faults", _get_faults)
     app.router.add_put("/_admin/faults", _put_faults)
@@ -213,16 +214,20 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _runner(config: MockConfig) -> web.AppRunner:
+def _runner(config: MockConfig, extract: Extractor) -> web.AppRunner:
     # Cancelling a handler when its client disconnects ends injected hangs as soon as the client
     # gives up, instead of holding them until shutdown.
-    return web.AppRunner(build_app(config), handler_cancellation=True, shutdown_timeout=5.0)
+    return web.AppRunner(
+        build_app(config, extract), handler_cancellation=True, shutdown_timeout=5.0
+    )
 
 
 @asynccontextmanager
-async def serve(host: str, port: int, config: MockConfig) -> AsyncIterator[str]:
+async def serve(
+    host: str, port: int, config: MockConfig, extract: Extractor = read_text
+) -> AsyncIterator[str]:
     """Serve the mocks on `host`:`port` (0 picks a free port) and yield the bound base URL."""
-    runner = _runner(config)
+    runner = _runner(config, extract)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -235,10 +240,10 @@ async def serve(host: str, port: int, config: MockConfig) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def run(host: str, port: int, config: MockConfig) -> None:
+def run(host: str, port: int, config: MockConfig, extract: Extractor = read_text) -> None:
     """Serve the mocks on `host`:`port` until interrupted (Ctrl-C, SIGTERM) or cancelled."""
     web.run_app(
-        build_app(config),
+        build_app(config, extract),
         # uvloop where it exists: the mocks share the machine with what they stand in for the
         # remote services of, so the less CPU they take per request, the truer the measurements.
         loop=_new_event_loop(),

@@ -1,7 +1,7 @@
 """Reading the workers' load: their /metrics, Prometheus, or the queue table itself.
 
-Metric names come from `docpipe_worker.metrics` (the one module that names them); this module only
-fetches and parses, and returns the `MetricsSnapshot` the pure scaling decision takes.
+Metric names come from `docpipe_contracts.metrics` (the one module that names them); this module
+only fetches and parses, and returns the `MetricsSnapshot` the pure scaling decision takes.
 """
 
 from __future__ import annotations
@@ -15,30 +15,24 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from docpipe_contracts import metrics
 from docpipe_operator.rendering import LABEL_REVISION, LABEL_TRACK, TRACK_CANARY
 from docpipe_operator.rollout import RevisionCounters
 from docpipe_operator.scaling import MetricsSnapshot, PodMetrics, QueueMetrics
-from docpipe_worker import metrics, queue
+from docpipe_queue import statistics
 
-
-def _family(metric: MetricWrapperBase) -> str:
-    name: str = next(iter(metric.describe())).name
-    return name
-
-
-IN_FLIGHT = _family(metrics.JOBS_IN_FLIGHT)
-SUCCEEDED = _family(metrics.JOBS_SUCCEEDED)
-QUEUE_READY = _family(metrics.QUEUE_READY)
-QUEUE_OLDEST = _family(metrics.QUEUE_OLDEST_READY_AGE)
-CLAIMED = _family(metrics.JOBS_CLAIMED)
-RETRIED = _family(metrics.JOBS_RETRIED)
-DEAD = _family(metrics.JOBS_DEAD)
-STAGE_SECONDS = _family(metrics.STAGE_SECONDS)
-PIPELINE_LABEL = metrics.JOB_LABELS[0]
-REVISION_LABEL = metrics.JOB_LABELS[1]
+IN_FLIGHT = metrics.JOBS_IN_FLIGHT.name
+SUCCEEDED = metrics.JOBS_SUCCEEDED.name
+QUEUE_READY = metrics.QUEUE_READY.name
+QUEUE_OLDEST = metrics.QUEUE_OLDEST_READY_AGE.name
+CLAIMED = metrics.JOBS_CLAIMED.name
+RETRIED = metrics.JOBS_RETRIED.name
+DEAD = metrics.JOBS_DEAD.name
+STAGE_SECONDS = metrics.STAGE_SECONDS.name
+PIPELINE_LABEL = metrics.PIPELINE_LABEL
+REVISION_LABEL = metrics.REVISION_LABEL
 
 
 @dataclass(frozen=True)
@@ -408,7 +402,7 @@ class QueueReader:
             )
             self._pools[database_url] = pool
         async with pool.acquire(timeout=timeout_s) as conn:
-            rows = await queue.stats(conn, [pipeline])
+            rows = await statistics.stats(conn, [pipeline])
         for row in rows:
             if row.pipeline == pipeline:
                 return QueueMetrics(float(row.ready), row.oldest_ready_age_s)

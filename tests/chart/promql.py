@@ -1,12 +1,12 @@
-"""Metric names: the series the worker exports, read from its metrics module, and the names a
+"""Metric names: the series the worker exports, read from the metrics contract, and the names a
 PromQL expression refers to."""
 
 from __future__ import annotations
 
 import re
-from types import ModuleType
+from collections.abc import Iterable
 
-from prometheus_client.metrics import MetricWrapperBase
+from docpipe_contracts.metrics import MetricSpec
 
 # The series a client_python metric of each type exposes, by suffix.
 SUFFIXES = {
@@ -32,16 +32,9 @@ _NAME = re.compile(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()")
 _NUMBER_UNIT = re.compile(r"\b\d+(?:\.\d+)?(?:ms|s|m|h|d|w|y)\b")
 
 
-def exported_series(module: ModuleType) -> frozenset[str]:
-    """Every series name the metrics defined in `module` expose when scraped."""
-    names = set()
-    for value in vars(module).values():
-        if not isinstance(value, MetricWrapperBase):
-            continue
-        for family in value.describe():
-            for suffix in SUFFIXES[family.type]:
-                names.add(family.name + suffix)
-    return frozenset(names)
+def exported_series(specs: Iterable[MetricSpec]) -> frozenset[str]:
+    """Every series name the metric families `specs` expose when scraped."""
+    return frozenset(spec.name + suffix for spec in specs for suffix in SUFFIXES[spec.kind])
 
 
 def metric_names(expr: str) -> frozenset[str]:

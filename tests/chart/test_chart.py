@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from docpipe_cli.main import build_parser
 from docpipe_operator import rendering as worker_rendering
 from docpipe_operator.runtime import PEERING_NAME
-from docpipe_worker.cli import build_parser
 from tests.chart.admission import admission_problems, crd_schemas
 from tests.chart.rendering import (
     CHART,
@@ -255,8 +255,8 @@ def test_helper_commands_are_ones_the_docpipe_cli_accepts(
 def test_api_environment_names_settings_the_api_reads(
     render: Callable[..., list[Manifest]],
 ) -> None:
-    from docpipe_worker.api.settings import ApiSettings
-    from docpipe_worker.settings import env_name
+    from docpipe_api.settings import ApiSettings
+    from docpipe_contracts.configuration import env_name
 
     read = {env_name(ApiSettings, field) for field in ApiSettings.model_fields}
     deployment = find(rendered(render, "all-options"), "Deployment", "docpipe-dp-api")
@@ -294,8 +294,8 @@ SECRET_STAND_IN = "chart-test-secret-" + "x" * 46
 def test_api_environment_is_a_configuration_docpipe_api_accepts(
     render: Callable[..., list[Manifest]], monkeypatch: pytest.MonkeyPatch, value_set: str
 ) -> None:
-    from docpipe_worker.api.settings import ApiSettings
-    from docpipe_worker.settings import load_settings
+    from docpipe_api.settings import ApiSettings
+    from docpipe_contracts.configuration import load_settings
 
     files, settings = API_VALUE_SETS[value_set]
     deployment = next(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from docpipe_worker.cli import build_parser
+from docpipe_cli.main import build_parser
 from tests.chart.binaries import ROOT, find_tool
 from tests.chart.rendering import run
 
@@ -128,5 +128,5 @@ def test_build_context_holds_what_the_dockerfile_copies(image: str) -> None:
 
 
 def test_dockerignore_leaves_out_local_state() -> None:
-    for path in (".venv", ".git", ".tools", "tests", "worker/docpipe_worker/__pycache__"):
+    for path in (".venv", ".git", ".tools", "tests", "worker/docpipe_queue/__pycache__"):
         assert not dockerignore_keeps(path), path

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from docpipe_worker import metrics
+from docpipe_contracts import metrics
 from tests.chart.promql import exported_series, metric_names
 from tests.chart.rendering import CHART, Manifest, find, run
 
@@ -181,7 +181,7 @@ def test_a_broken_dashboard_query_fails_the_parse(promtool: str, tmp_path: Path)
 
 def known_metric(name: str) -> bool:
     if name.startswith("docpipe_"):
-        return name in exported_series(metrics)
+        return name in exported_series(metrics.all_specs())
     return name in KUBE_STATE_METRICS
 
 
@@ -212,7 +212,7 @@ def test_dashboard_and_alerts_use_every_job_metric_the_worker_exports(
     used |= {n for r in alert_rules(render) for n in metric_names(r["expr"])}
     job_series = {
         name
-        for name in exported_series(metrics)
+        for name in exported_series(metrics.all_specs())
         if name.startswith(("docpipe_jobs_", "docpipe_queue_", "docpipe_stage_"))
         and not name.endswith(("_created", "_bucket", "_count", "_sum"))
     }

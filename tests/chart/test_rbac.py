@@ -84,7 +84,7 @@ def test_namespaced_scope_peers_in_each_namespace_the_operator_is_told_to_watch(
     watched = [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")]
     assert sorted(watched) == sorted(expected_namespaces)
     # The operator's own parser takes them.
-    from docpipe_worker.cli import build_parser
+    from docpipe_cli.main import build_parser
 
     parsed = build_parser().parse_args(["operator", *args])
     assert sorted(parsed.namespace) == sorted(expected_namespaces)

@@ -14,10 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from docpipe_mocks.server import MockConfig, serve
-from docpipe_worker.api.auth import DEVELOPMENT_SECRET
-from docpipe_worker.devstack import free_port
+from docpipe_api.auth import DEVELOPMENT_SECRET
+from docpipe_cli.devstack import free_port
+from docpipe_mocks.server import MockConfig
 from tests.e2e.test_worker_process import readyz, spawn_worker, stop, wait_until
+from tests.support.mocks import serve
 
 SENTENCE = "Cormorants dry their wings on the harbour wall after diving for sprats."
 
@@ -34,7 +35,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 async def docpipe(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "docpipe_worker.cli", *args, env=env,
+        sys.executable, "-m", "docpipe_cli.main", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 90)
@@ -82,7 +83,7 @@ async def test_ingest_through_the_api_then_search_finds_the_documents_own_chunk_
     env.pop("DOCPIPE_API_JWT_SECRET", None)
     with api_log.open("ab") as log:
         api = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "docpipe_worker.cli", "api", env=env, stdout=log, stderr=log
+            sys.executable, "-m", "docpipe_cli.main", "api", env=env, stdout=log, stderr=log
         )
     worker_log = tmp_path / "worker.log"
     worker = await spawn_worker(database_url, mocks, worker_port, worker_log)

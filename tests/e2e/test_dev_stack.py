@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-COMMAND = [sys.executable, "-m", "docpipe_worker.cli", "dev", "--workers", "1"]
+COMMAND = [sys.executable, "-m", "docpipe_cli.main", "dev", "--workers", "1"]
 
 
 @pytest.fixture

@@ -17,14 +17,15 @@ import aiohttp
 import asyncpg
 import pytest
 
+from docpipe_cli.devstack import free_port
 from docpipe_mocks.faults import FaultConfig, ServiceFaults
-from docpipe_mocks.server import MockConfig, serve
-from docpipe_worker.database import create_pool
-from docpipe_worker.devstack import free_port
-from docpipe_worker.documents import add_document
-from docpipe_worker.embedded import start_embedded_postgres
-from docpipe_worker.migrator import migrate
+from docpipe_mocks.server import MockConfig
+from docpipe_queue.database import create_pool
+from docpipe_queue.documents import add_document
+from docpipe_queue.embedded import start_embedded_postgres
+from docpipe_queue.migrator import migrate
 from tests.samples import markdown_bytes
+from tests.support.mocks import serve
 
 Process = asyncio.subprocess.Process
 
@@ -43,7 +44,7 @@ async def spawn_worker(database_url: str, mocks: str, port: int, log: Path, **en
     }
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "docpipe_worker.cli", "worker", env=environment,
+            sys.executable, "-m", "docpipe_cli.main", "worker", env=environment,
             stdout=out, stderr=out,
         )  # fmt: skip
 
@@ -122,7 +123,7 @@ async def test_bad_configuration_names_the_variable_and_exits_before_starting(
     tmp_path: Path,
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "docpipe_worker.cli", "worker",
+        sys.executable, "-m", "docpipe_cli.main", "worker",
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
              "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
              "DOCPIPE_CONCURRENCY": "0", "DOCPIPE_PARSER": "magic"},

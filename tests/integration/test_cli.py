@@ -9,14 +9,14 @@ import sys
 
 import asyncpg
 
-from docpipe_worker import queue
-from docpipe_worker.queue import NewJob
+from docpipe_queue import jobs as queue
+from docpipe_queue.jobs import NewJob
 
 
 def docpipe(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": url}
     return subprocess.run(
-        [sys.executable, "-m", "docpipe_worker.cli", *args],
+        [sys.executable, "-m", "docpipe_cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

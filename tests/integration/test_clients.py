@@ -12,15 +12,16 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
+from docpipe_api.query_batching import BatchingEmbedder
+from docpipe_contracts import correlation
+from docpipe_contracts.errors import PermanentError, TransientError
 from docpipe_mocks.embedding import embed_text
 from docpipe_mocks.llamaparse import LlamaParseSettings
 from docpipe_mocks.openai import OpenAISettings
-from docpipe_mocks.server import MockConfig, serve
-from docpipe_worker import correlation
-from docpipe_worker.api.query_batching import BatchingEmbedder
-from docpipe_worker.embeddings import OpenAIEmbedder
-from docpipe_worker.errors import PermanentError, TransientError
-from docpipe_worker.llamaparse import LlamaParseClient
+from docpipe_mocks.server import MockConfig
+from docpipe_providers.embeddings import OpenAIEmbedder
+from docpipe_providers.llamaparse import LlamaParseClient
+from tests.support.mocks import serve
 
 API_KEY = "sk-test-key"
 CONFIG = MockConfig(

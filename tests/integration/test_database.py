@@ -3,7 +3,7 @@ connection inside a transaction someone left open, and keeps its connect-time se
 
 from __future__ import annotations
 
-from docpipe_worker.database import create_pool
+from docpipe_queue.database import create_pool
 
 
 async def test_a_pool_without_session_reset_rolls_back_a_transaction_left_open(

@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 from pgvector import Vector
 
-from docpipe_worker import queue
-from docpipe_worker.documents import AddedDocument, Connection, add_document
-from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS
-from docpipe_worker.pipeline import STORE
+from docpipe_ingest.pipeline import STORE
+from docpipe_queue import jobs as queue
+from docpipe_queue.documents import AddedDocument, Connection, add_document
+from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS
 
 DATA = b"# Tides\n\nThe harbour floods twice a day.\n"
 

@@ -5,7 +5,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from docpipe_worker.migrator import Migration, MigrationError, load_migrations, migrate
+from docpipe_queue.migrator import Migration, MigrationError, load_migrations, migrate
 
 
 async def test_migrate_builds_the_schema_on_an_empty_database(empty_database_url: str) -> None:

@@ -14,22 +14,23 @@ import aiohttp
 import asyncpg
 import pytest
 
-from docpipe_mocks.llamaparse import LlamaParseSettings
-from docpipe_mocks.server import MockConfig, serve
-from docpipe_worker.consumer import Consumer, ConsumerConfig
-from docpipe_worker.documents import add_document
-from docpipe_worker.embeddings import OpenAIEmbedder
-from docpipe_worker.llamaparse import LlamaParseClient
-from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS
-from docpipe_worker.parsers import LocalParser
-from docpipe_worker.pipeline import (
+from docpipe_ingest.parsers import LocalParser
+from docpipe_ingest.pipeline import (
     ChunkingConfig,
     DimensionMismatchError,
     IngestPipeline,
     Parser,
 )
-from docpipe_worker.retry import RetryPolicy
+from docpipe_mocks.llamaparse import LlamaParseSettings
+from docpipe_mocks.server import MockConfig
+from docpipe_providers.embeddings import OpenAIEmbedder
+from docpipe_providers.llamaparse import LlamaParseClient
+from docpipe_queue.consumer import Consumer, ConsumerConfig
+from docpipe_queue.documents import add_document
+from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS
+from docpipe_queue.retry import RetryPolicy
 from tests.samples import docx_bytes, html_bytes, markdown_bytes, pdf_bytes
+from tests.support.mocks import serve
 
 DIMS = DEFAULT_EMBEDDING_DIMENSIONS
 PARAGRAPHS = [

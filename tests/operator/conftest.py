@@ -30,7 +30,7 @@ import yaml
 
 from docpipe_operator import telemetry
 from docpipe_operator.runtime import run_operator
-from docpipe_worker.documents import add_document
+from docpipe_queue.documents import add_document
 from tests.operator.emulator import DOCPIPE_RESOURCE, ApiFailureError, KubernetesApi
 
 DEPLOYMENTS = "apps/v1/deployments"

@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from docpipe_mocks.server import MockConfig, serve
+from docpipe_mocks.server import MockConfig
 from docpipe_operator import telemetry
-from docpipe_worker.database import create_pool
+from docpipe_queue.database import create_pool
 from tests.operator.conftest import (
     NAMESPACE,
     SECRETS,
@@ -33,6 +33,7 @@ from tests.operator.conftest import (
     pipeline_body,
 )
 from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.mocks import serve
 
 INTERVAL = 2
 FAILURE_LIMIT = 2

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from docpipe_operator import cluster
-from docpipe_worker import queue
+from docpipe_queue import jobs as queue
 from tests.operator.conftest import (
     DEPLOYMENTS,
     NAMESPACE,

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from docpipe_worker.api.auth import (
+from docpipe_api.auth import (
     AuthError,
     KeyConfigError,
     Principal,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from docpipe_worker.api.ratelimit import RateLimiter
+from docpipe_api.ratelimit import RateLimiter
 
 
 class Clock:

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from docpipe_worker.api.app import (
+from docpipe_api.app import (
     clean_filename,
     decode_cursor,
     encode_cursor,
     upload_content_type,
 )
-from docpipe_worker.api.errors import ApiError
+from docpipe_api.errors import ApiError
 
 
 @pytest.mark.parametrize(

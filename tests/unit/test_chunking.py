@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docpipe_worker.chunking import Chunk, chunk_markdown
+from docpipe_ingest.chunking import Chunk, chunk_markdown
 
 
 def _sentences(count: int, start: int = 0) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from docpipe_worker.settings import WorkerSettings, env_name
+from docpipe_contracts.configuration import env_name
+from docpipe_ingest.settings import WorkerSettings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from docpipe_worker.embeddings import plan_batches
-from docpipe_worker.external_requests import parse_retry_after, service_message
+from docpipe_providers.embeddings import plan_batches
+from docpipe_providers.external_requests import parse_retry_after, service_message
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

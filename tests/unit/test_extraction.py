@@ -14,13 +14,12 @@ from docx.document import Document as DocxDocument
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
-from docpipe_worker.errors import PermanentError
-from docpipe_worker.extraction import (
-    SUPPORTED_CONTENT_TYPES,
+from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
+from docpipe_contracts.errors import PermanentError
+from docpipe_ingest.extraction import (
     EmptyDocumentError,
     UnreadableDocumentError,
     UnsupportedDocumentError,
-    content_type_for,
     extract_markdown,
 )
 
@@ -406,7 +405,7 @@ def test_every_supported_extension_maps_to_a_supported_content_type(extension: s
 def test_markdown_extraction_imports_no_pdf_docx_or_html_library() -> None:
     script = (
         "import sys\n"
-        "from docpipe_worker.extraction import extract_markdown\n"
+        "from docpipe_ingest.extraction import extract_markdown\n"
         "extract_markdown(b'# hi', filename='a.md')\n"
         "loaded = sorted({'pypdf', 'docx', 'bs4', 'markdownify', 'lxml'} & set(sys.modules))\n"
         "print(','.join(loaded))\n"

@@ -1,4 +1,4 @@
-"""docs/metrics.md documents exactly the series the metrics module exports, with their labels."""
+"""docs/metrics.md documents exactly the series the metrics contract names, with their labels."""
 
 from __future__ import annotations
 
@@ -6,29 +6,32 @@ import re
 from pathlib import Path
 
 from prometheus_client import REGISTRY
-from prometheus_client.metrics import MetricWrapperBase
 
-from docpipe_worker import metrics
+import docpipe_api.metrics
+import docpipe_ingest.metrics
+import docpipe_providers.metrics
+import docpipe_queue.metrics
+from docpipe_contracts import metrics
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
-# The suffix prometheus-client adds to the exposed family name, by metric type.
-_EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}
+# The layers' instrument modules, imported so that the registry holds what every process exports.
+INSTRUMENTS = (
+    docpipe_queue.metrics,
+    docpipe_providers.metrics,
+    docpipe_ingest.metrics,
+    docpipe_api.metrics,
+)
 
 
 def exported() -> dict[str, tuple[str, set[str]]]:
-    """Exposed name -> (type, label names) for every metric defined in the metrics module."""
+    """Exposed name -> (type, label names) for every metric the contract names."""
     result: dict[str, tuple[str, set[str]]] = {}
-    for value in vars(metrics).values():
-        if not isinstance(value, MetricWrapperBase):
-            continue
-        # prometheus-client keeps the type and the names privately.
-        kind = str(value._type)
-        name = str(value._name) + _EXPOSED_SUFFIX.get(kind, "")
-        labels = {str(label) for label in value._labelnames}
-        if kind == "info":
-            labels = {"version", "revision"}  # the info's keys, set by the worker at start
-        result[name] = (kind, labels)
+    for spec in metrics.all_specs():
+        labels = set(spec.labels)
+        if spec.kind == "info":
+            labels = set(metrics.BUILD_INFO_KEYS)  # the info's keys, set by each process at start
+        result[spec.sample_name] = (spec.kind, labels)
     return result
 
 
@@ -46,7 +49,12 @@ def test_every_exported_metric_is_documented_with_its_type_and_labels() -> None:
     assert documented() == exported()
 
 
-def test_the_module_defines_every_docpipe_metric_in_the_registry() -> None:
+def test_the_contract_names_every_docpipe_metric_in_the_registry() -> None:
     registered = {m.name for m in REGISTRY.collect() if m.name.startswith("docpipe_")}
-    defined = {name.removesuffix("_total").removesuffix("_info") for name in exported()}
+    defined = {spec.name for spec in metrics.all_specs()}
     assert registered <= defined, registered - defined
+
+
+def test_every_metric_the_contract_names_has_an_instrument() -> None:
+    registered = {m.name for m in REGISTRY.collect() if m.name.startswith("docpipe_")}
+    assert {spec.name for spec in metrics.all_specs()} <= registered

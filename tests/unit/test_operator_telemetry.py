@@ -6,9 +6,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from docpipe_contracts import metrics
 from docpipe_operator import telemetry
 from docpipe_operator.reconciler import contains
-from docpipe_worker import metrics
 
 
 def _exposition() -> str:

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from docpipe_worker import correlation
-from docpipe_worker.api.query_batching import BatchingEmbedder
-from docpipe_worker.errors import PermanentError, TransientError
+from docpipe_api.query_batching import BatchingEmbedder
+from docpipe_contracts import correlation
+from docpipe_contracts.errors import PermanentError, TransientError
 
 
 def vector_of(text: str) -> list[float]:

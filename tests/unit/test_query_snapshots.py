@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from docpipe_worker import queries
+from docpipe_queue import queries
 
 SNAPSHOT = Path(__file__).with_name("snapshots") / "queries.sql"
 

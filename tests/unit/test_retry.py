@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from docpipe_worker.retry import RetryPolicy, backoff_delay
+from docpipe_queue.retry import RetryPolicy, backoff_delay
 
 NO_JITTER = RetryPolicy(base_s=2.0, cap_s=600.0, jitter=0.0)
 

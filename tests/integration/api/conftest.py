@@ -12,10 +12,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from docpipe_mocks.server import MockConfig, serve
-from docpipe_worker.api.auth import mint_token
-from docpipe_worker.api.server import RunningApi, open_api
-from docpipe_worker.api.settings import ApiSettings
+from docpipe_api.auth import mint_token
+from docpipe_api.server import RunningApi, open_api
+from docpipe_api.settings import ApiSettings
+from docpipe_mocks.server import MockConfig
+from tests.support.mocks import serve
 
 SECRET = "integration-test-secret-of-at-least-32-bytes"
 PIPELINES = "default,other"
@@ -122,11 +123,11 @@ async def process_pending(api: Api, pipeline: str = "default", timeout_s: float 
     `pipeline` is pending or processing."""
     import asyncio
 
-    from docpipe_worker.consumer import Consumer, ConsumerConfig
-    from docpipe_worker.embeddings import OpenAIEmbedder
-    from docpipe_worker.migrator import DEFAULT_EMBEDDING_DIMENSIONS
-    from docpipe_worker.parsers import LocalParser
-    from docpipe_worker.pipeline import ChunkingConfig, IngestPipeline
+    from docpipe_ingest.parsers import LocalParser
+    from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline
+    from docpipe_providers.embeddings import OpenAIEmbedder
+    from docpipe_queue.consumer import Consumer, ConsumerConfig
+    from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS
 
     embedder = OpenAIEmbedder(
         api.session,

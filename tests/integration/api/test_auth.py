@@ -13,7 +13,7 @@ import asyncpg
 import jwt
 import pytest
 
-from docpipe_worker.api.server import open_api
+from docpipe_api.server import open_api
 from tests.integration.api.conftest import SECRET, Api, api_settings
 
 DOCS = "/v1/pipelines/default/documents"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from docpipe_worker.api.app import build_app
-from docpipe_worker.api.openapi import openapi_json
+from docpipe_api.app import build_app
+from docpipe_api.openapi import openapi_json
 from tests.integration.api.conftest import Api, unique_markdown
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"

@@ -1,7 +1,7 @@
 """A real Prometheus server (Debian's `prometheus` binary) scraping real metrics endpoints.
 
 Each `WorkerEndpoint` is one pod's /metrics: the worker's own metric families
-(`docpipe_worker.metrics`, cloned into a registry of its own so that pods differ) exposed by
+(named by `docpipe_contracts.metrics`, in a registry of its own so that pods differ) exposed by
 prometheus_client and served by aiohttp on the pod's own 127.0.0.x address. The Prometheus
 server scrapes them every second and attaches the `namespace` and `pod` target labels a
 prometheus-operator PodMonitor attaches.
@@ -31,11 +31,10 @@ import aiohttp
 import aiohttp.web
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client import CollectorRegistry, generate_latest
 
+from docpipe_contracts import metrics
 from docpipe_operator.telemetry import PodTarget
-from docpipe_worker import metrics
 
 SCRAPE_INTERVAL_S = 1.0
 # (namespace, pod) of every worker any test runs; each has its own 127.0.0.x address.
@@ -83,15 +82,9 @@ def prometheus_binary() -> str:
     return found
 
 
-def _clone(metric: MetricWrapperBase, registry: CollectorRegistry) -> Any:
+def _clone(spec: metrics.MetricSpec, registry: CollectorRegistry) -> Any:
     # The worker's families, same names, labels and buckets, in a registry of one pod.
-    name, doc, labels = metric._name, metric._documentation, metric._labelnames
-    if isinstance(metric, Histogram):
-        return Histogram(name, doc, labels, buckets=metric._upper_bounds, registry=registry)
-    if isinstance(metric, Counter):
-        return Counter(name, doc, labels, registry=registry)
-    assert isinstance(metric, Gauge)
-    return Gauge(name, doc, labels, registry=registry)
+    return metrics.instrument(spec, registry)
 
 
 @dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from docpipe_worker.consumer import Consumer, ConsumerConfig
-from docpipe_worker.database import create_pool
-from docpipe_worker.queue import ClaimedJob
+from docpipe_queue.consumer import Consumer, ConsumerConfig
+from docpipe_queue.database import create_pool
+from docpipe_queue.jobs import ClaimedJob
 
 
 async def main(url: str, worker: str, sleep_s: float) -> None:

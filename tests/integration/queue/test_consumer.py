@@ -16,12 +16,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from docpipe_worker import queue
-from docpipe_worker.consumer import Consumer, ConsumerConfig
-from docpipe_worker.database import create_pool
-from docpipe_worker.errors import PermanentError, TransientError
-from docpipe_worker.queue import ClaimedJob, NewJob
-from docpipe_worker.retry import RetryPolicy
+from docpipe_contracts.errors import PermanentError, TransientError
+from docpipe_queue import jobs as queue
+from docpipe_queue.consumer import Consumer, ConsumerConfig
+from docpipe_queue.database import create_pool
+from docpipe_queue.jobs import ClaimedJob, NewJob
+from docpipe_queue.retry import RetryPolicy
 
 
 @asynccontextmanager

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from docpipe_worker import queries, queue
-from docpipe_worker.queue import NewJob
+from docpipe_queue import jobs as queue
+from docpipe_queue import queries, statistics
+from docpipe_queue.jobs import NewJob
 
 
 async def _status(pool: asyncpg.Pool, job_id: int) -> str:
@@ -214,12 +215,12 @@ async def test_stats_count_ready_scheduled_and_running_per_pipeline(pool: asyncp
         ],
     )
     await queue.claim(pool, "b", 1, lease_s=30, worker="w")
-    by_name = {s.pipeline: s for s in await queue.stats(pool)}
+    by_name = {s.pipeline: s for s in await statistics.stats(pool)}
     a, b = by_name["a"], by_name["b"]
     assert (a.ready, a.scheduled, a.in_flight) == (2, 1, 0)
     assert 89 < a.oldest_ready_age_s < 100
     assert (b.ready, b.scheduled, b.in_flight, b.oldest_ready_age_s) == (0, 0, 1, 0.0)
-    assert [s.pipeline for s in await queue.stats(pool, ["b"])] == ["b"]
+    assert [s.pipeline for s in await statistics.stats(pool, ["b"])] == ["b"]
 
 
 @pytest.mark.parametrize(

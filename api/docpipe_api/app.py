@@ -1,0 +1,548 @@
+"""The intake API's aiohttp application: routes, the request middleware (correlation id, errors,
+metrics), authorization, and the handlers. Handlers parse, authorize, call `store`, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+import asyncpg
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from docpipe_api import metrics, store
+from docpipe_api.auth import REALM, AuthError, Principal, TokenVerifier
+from docpipe_api.errors import (
+    ApiError,
+    error_response,
+    from_validation_error,
+    invalid,
+    not_found,
+)
+from docpipe_api.models import (
+    Document,
+    DocumentPage,
+    Health,
+    Job,
+    SearchHit,
+    SearchRequest,
+    SearchResult,
+    UploadResult,
+)
+from docpipe_api.ratelimit import RateLimiter
+from docpipe_contracts import correlation
+from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
+from docpipe_contracts.errors import PermanentError, TransientError
+from docpipe_queue.documents import AddedDocument, add_document
+
+log = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_JSON_BODY_BYTES = 64 * 1024
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+MAX_FILENAME_CHARS = 255
+_BIGINT_MAX = 2**63 - 1
+_READY_CACHE_S = 1.0
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
+
+
+class Embedder(Protocol):
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@dataclass
+class ApiContext:
+    """What the handlers share: the database, token checks, limits, the query embedder."""
+
+    pool: asyncpg.Pool
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    embedder: Embedder
+    pipelines: frozenset[str]
+    max_upload_bytes: int
+    max_attempts: int = 5
+    openapi_json: bytes = b"{}"
+    draining: bool = False
+    _ready_at: float = field(default=-math.inf)
+    _ready_problem: str | None = None
+
+
+CONTEXT = web.AppKey("docpipe_api_context", ApiContext)
+_REQUEST_ID = web.RequestKey("docpipe_request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Correlation id in and out, every failure as a JSON error, and the request metrics."""
+    started = time.perf_counter()
+    request_id = correlation.accept_correlation_id(request.headers.get(correlation.HEADER))
+    request[_REQUEST_ID] = request_id
+    token = correlation.CURRENT.set(request_id)
+    try:
+        response = await _answer(request, handler, request_id)
+    finally:
+        correlation.CURRENT.reset(token)
+    response.headers[correlation.HEADER] = request_id
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.API_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    metrics.API_REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error, request_id)
+    except web.HTTPException as exc:
+        # aiohttp's own refusals: no route (404), wrong method (405, with Allow), body too big.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "http_error"
+        )
+        message = {
+            404: f"no such endpoint: {request.method} {request.path} (see /openapi.json)",
+            405: f"{request.method} is not allowed here; allowed: {headers.get('Allow', '')}",
+        }.get(exc.status, exc.reason)
+        return error_response(ApiError(exc.status, code, message, headers=headers), request_id)
+    except asyncpg.DeadlockDetectedError:
+        log.warning("deadlock persisted through retries", exc_info=True)
+        return error_response(
+            ApiError(503, "busy", "the database is busy; try again", headers={"Retry-After": "1"}),
+            request_id,
+        )
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError):
+        log.warning("database unavailable", exc_info=True)
+        return error_response(
+            ApiError(
+                503, "unavailable", "the database is unavailable; try again",
+                headers={"Retry-After": "5"},
+            ),
+            request_id,
+        )  # fmt: skip
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return error_response(
+            ApiError(500, "internal", f"internal error; quote request id {request_id}"),
+            request_id,
+        )
+
+
+# -- request parsing --------------------------------------------------------------------------
+
+
+def authorize(request: web.Request, scope: str) -> Principal:
+    """The caller, when its token is valid, holds `scope` and is within its rate limit."""
+    context = request.app[CONTEXT]
+    try:
+        principal = context.verifier.verify_header(request.headers.get("Authorization"))
+    except AuthError as exc:
+        raise ApiError(
+            401, "unauthorized", str(exc), headers={"WWW-Authenticate": exc.challenge()}
+        ) from None
+    if scope not in principal.scopes:
+        held = " ".join(sorted(principal.scopes)) or "none"
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"this endpoint needs the {scope!r} scope; the token has: {held}",
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer realm="{REALM}", error="insufficient_scope", scope="{scope}"'
+                )
+            },
+        )
+    wait = context.limiter.acquire(principal.subject)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests: at most {context.limiter.rate:g}/s (bursts of "
+            f"{context.limiter.burst}) per subject; retry after {wait:.2f}s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return principal
+
+
+def pipeline_param(request: web.Request) -> str:
+    name = request.match_info["pipeline"]
+    if name not in request.app[CONTEXT].pipelines:
+        raise ApiError(404, "not_found", f"no pipeline named {name!r}")
+    return name
+
+
+def uuid_param(request: web.Request, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise invalid(name, "must be a UUID") from None
+
+
+def job_id_param(request: web.Request) -> int:
+    raw = request.match_info["job_id"]
+    if not raw.isascii() or not raw.isdigit():
+        raise invalid("job_id", "must be a positive integer")
+    value = int(raw)
+    if not 1 <= value <= _BIGINT_MAX:
+        raise not_found("job")
+    return value
+
+
+def bool_query(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise invalid(name, f"must be true or false, got {raw[:40]!r}")
+
+
+def int_query(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 12:
+        raise invalid(name, f"must be an integer from {low} to {high}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise invalid(name, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def encode_cursor(created_at: datetime, document_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(document_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        created, document_id = json.loads(raw)
+        moment = datetime.fromisoformat(created)
+        if moment.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return moment, uuid.UUID(document_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise invalid("cursor", "is not a cursor this API returned") from None
+
+
+async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
+    """The request body as `model`: 415 unless JSON, 413 when too big, 400/422 when invalid."""
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "send the body as application/json", field="body"
+        )
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY_BYTES:
+        raise _too_large("body", MAX_JSON_BODY_BYTES)
+    body = bytearray()
+    while chunk := await request.content.read(16 * 1024):
+        body.extend(chunk)
+        if len(body) > MAX_JSON_BODY_BYTES:
+            raise _too_large("body", MAX_JSON_BODY_BYTES)
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise ApiError(
+                400, "malformed_json", "the body is not valid JSON", field="body"
+            ) from None
+        raise from_validation_error(exc) from None
+
+
+def _too_large(field: str, limit: int) -> ApiError:
+    return ApiError(
+        413, "too_large", f"{field} is larger than the limit of {limit} bytes", field=field
+    )
+
+
+def clean_filename(name: str | None) -> str:
+    """A file name safe to store and show: no path, no control characters, bounded length."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = _CONTROL_CHARS.sub("", base).strip()
+    return base[:MAX_FILENAME_CHARS] or "upload"
+
+
+def upload_content_type(declared: str | None, filename: str) -> str:
+    """The part's declared type (without parameters); guessed from the name when it says none."""
+    declared = (declared or "").split(";")[0].strip().lower()
+    if declared in ("", "application/octet-stream"):
+        declared = content_type_for(filename)
+    if declared not in SUPPORTED_CONTENT_TYPES:
+        allowed = ", ".join(sorted(SUPPORTED_CONTENT_TYPES))
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"file: content type {declared!r} is not supported; allowed: {allowed}",
+            field="file",
+        )
+    return declared
+
+
+def _json(
+    model: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=model.model_dump_json().encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def upload_document(request: web.Request) -> web.Response:
+    principal = authorize(request, "write")
+    pipeline = pipeline_param(request)
+    reprocess = bool_query(request, "reprocess")
+    context = request.app[CONTEXT]
+    if request.content_type != "multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "upload the document as multipart/form-data with a 'file' part",
+            field="body",
+        )
+    # Multipart framing adds a little to the file itself.
+    limit = context.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise _too_large("file", limit)
+    filename, declared_type, data = await _read_file_part(request, limit)
+    content_type = upload_content_type(declared_type, filename)
+    if not data:
+        raise invalid("file", "is empty")
+
+    async def add() -> tuple[AddedDocument, asyncpg.Record | None]:
+        async with context.pool.acquire() as conn:
+            added = await add_document(
+                conn,
+                pipeline=pipeline,
+                owner=principal.subject,
+                filename=filename,
+                content_type=content_type,
+                data=data,
+                correlation_id=request[_REQUEST_ID],
+                reprocess=reprocess,
+                max_attempts=context.max_attempts,
+            )
+            return added, await store.get_document(conn, added.document_id, principal.subject)
+
+    added, row = await store.retry_deadlocks(add)
+    if row is None:  # deleted by a concurrent request between the two statements
+        raise not_found("document")
+    result = UploadResult(
+        document=Document.model_validate(dict(row)), created=added.created, job_id=added.job_id
+    )
+    return _json(
+        result,
+        status=201 if added.created else 200,
+        headers={"Location": f"/v1/documents/{added.document_id}"},
+    )
+
+
+async def _read_file_part(request: web.Request, limit: int) -> tuple[str, str | None, bytes]:
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+        if part is None:
+            raise invalid("file", "the multipart body has no 'file' part")
+        if not isinstance(part, BodyPartReader):
+            raise invalid("file", "must be a file, not a nested multipart body")
+        if part.name != "file":
+            name = (part.name or "")[:40]
+            raise invalid(name or "body", f"unknown part {name!r}: send only a 'file' part")
+        data = bytearray()
+        while chunk := await part.read_chunk(256 * 1024):
+            data.extend(chunk)
+            if len(data) > limit:
+                raise _too_large("file", limit)
+        if await reader.next() is not None:
+            raise invalid("body", "send only one part, named 'file'")
+        return clean_filename(part.filename), part.headers.get("Content-Type"), bytes(data)
+    except ApiError:
+        raise
+    except Exception as exc:
+        # aiohttp's multipart reader raises assorted ValueError/RuntimeError/AssertionError
+        # kinds on broken framing; all of them mean the client sent a malformed body.
+        raise ApiError(
+            400, "malformed_multipart", f"the multipart body cannot be read: {exc}", field="body"
+        ) from None
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    principal = authorize(request, "read")
+    pipeline = pipeline_param(request)
+    limit = int_query(request, "limit", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor) if cursor else None
+    rows = await store.list_documents(
+        request.app[CONTEXT].pool, principal.subject, pipeline, limit=limit + 1, after=after
+    )
+    items = [Document.model_validate(dict(row)) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return _json(DocumentPage(items=items, next_cursor=next_cursor))
+
+
+async def get_document(request: web.Request) -> web.Response:
+    principal = authorize(request, "read")
+    document_id = uuid_param(request, "document_id")
+    row = await store.get_document(request.app[CONTEXT].pool, document_id, principal.subject)
+    if row is None:
+        raise not_found("document")
+    return _json(Document.model_validate(dict(row)))
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    principal = authorize(request, "write")
+    document_id = uuid_param(request, "document_id")
+    if not await store.delete_document(request.app[CONTEXT].pool, document_id, principal.subject):
+        raise not_found("document")
+    return web.Response(status=204)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    principal = authorize(request, "read")
+    job_id = job_id_param(request)
+    row = await store.get_job(request.app[CONTEXT].pool, job_id, principal.subject)
+    if row is None:
+        raise not_found("job")
+    return _json(Job.model_validate(dict(row)))
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    principal = authorize(request, "write")
+    job_id = job_id_param(request)
+    row, retried = await store.retry_job(request.app[CONTEXT].pool, job_id, principal.subject)
+    if row is None:
+        raise not_found("job")
+    job = Job.model_validate(dict(row))
+    if not retried:
+        raise ApiError(
+            409,
+            "conflict",
+            f"job {job_id} is {job.status}; only dead or cancelled jobs can be retried",
+        )
+    return _json(job)
+
+
+async def search(request: web.Request) -> web.Response:
+    principal = authorize(request, "search")
+    pipeline = pipeline_param(request)
+    query = await read_json(request, SearchRequest)
+    context = request.app[CONTEXT]
+    try:
+        (vector,) = await context.embedder.embed([query.query])
+    except TransientError as exc:
+        retry_after = str(max(1, math.ceil(exc.retry_after or 1)))
+        raise ApiError(
+            503,
+            "embedding_unavailable",
+            f"the embedding service failed; try again: {exc}",
+            headers={"Retry-After": retry_after},
+        ) from None
+    except PermanentError as exc:
+        raise ApiError(502, "embedding_failed", f"the embedding service refused: {exc}") from None
+    rows = await store.search_chunks(
+        context.pool,
+        vector,
+        pipeline=pipeline,
+        owner=principal.subject,
+        top_k=query.top_k,
+        document_ids=query.document_ids,
+    )
+    hits = [
+        SearchHit(
+            score=1.0 - float(row["distance"]),
+            document_id=row["document_id"],
+            filename=row["filename"],
+            chunk_id=row["id"],
+            ordinal=row["ordinal"],
+            heading=row["heading"],
+            char_start=row["char_start"],
+            char_end=row["char_end"],
+            content=row["content"],
+        )
+        for row in rows
+    ]
+    return _json(SearchResult(hits=hits))
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return _json(Health(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT]
+    if context.draining:
+        return _json(Health(status="draining"), status=503)
+    now = time.monotonic()
+    if now - context._ready_at > _READY_CACHE_S:
+        # Cached briefly: an unauthenticated endpoint must not become a way to load the database.
+        context._ready_at = now
+        try:
+            async with asyncio.timeout(2.0):
+                await context.pool.fetchval("select 1")
+            context._ready_problem = None
+        except Exception as exc:
+            context._ready_problem = f"database unreachable: {type(exc).__name__}"
+    if context._ready_problem:
+        return _json(Health(status="not ready", reason=context._ready_problem), status=503)
+    return _json(Health(status="ready"))
+
+
+async def prometheus_metrics(_request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[CONTEXT].openapi_json, content_type="application/json")
+
+
+def build_app(context: ApiContext) -> web.Application:
+    """The application serving `context`; uploads stream, so aiohttp's body limit is for JSON."""
+    app = web.Application(middlewares=[request_middleware], client_max_size=MAX_JSON_BODY_BYTES)
+    app[CONTEXT] = context
+    app.router.add_post("/v1/pipelines/{pipeline}/documents", upload_document)
+    app.router.add_get("/v1/pipelines/{pipeline}/documents", list_documents, allow_head=False)
+    app.router.add_post("/v1/pipelines/{pipeline}/search", search)
+    app.router.add_get("/v1/documents/{document_id}", get_document, allow_head=False)
+    app.router.add_delete("/v1/documents/{document_id}", delete_document)
+    app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
+    app.router.add_post("/v1/jobs/{job_id}/retry", retry_job)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", prometheus_metrics, allow_head=False)
+    app.router.add_get("/openapi.json", openapi, allow_head=False)
+    return app

@@ -1,0 +1,163 @@
+"""Configuration of `docpipe api` from environment variables, validated before anything starts.
+
+The embedding settings share their names with the worker's (OPENAI_BASE_URL,
+DOCPIPE_EMBEDDING_MODEL, ...) so that one set of variables configures both: a search must embed
+its query with the model that embedded the chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from docpipe_api.auth import (
+    DEVELOPMENT_SECRET,
+    MIN_SECRET_BYTES,
+    KeyConfigError,
+    VerificationKeys,
+    jwks_file_keys,
+    public_key_file_keys,
+    secret_keys,
+)
+from docpipe_contracts.configuration import PIPELINE_NAME, SettingsError
+from docpipe_providers.embeddings import OPENAI_DEFAULT_URL
+from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
+
+_PIPELINE = re.compile(PIPELINE_NAME)
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class ApiSettings(BaseSettings):
+    """`docpipe api`: where to listen, which pipelines, how tokens are checked, the limits."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DOCPIPE_API_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    # Comma-separated; uploads and searches name one of these.
+    pipelines: str = "default"
+
+    # Development mode accepts the well-known development secret (and uses it when no key is
+    # configured). Never in production: anybody can mint tokens for it.
+    dev_mode: bool = False
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=600)
+    # A token that verified is not checked again for this long (never beyond its `exp`); 0: every
+    # request's token is checked in full.
+    jwt_cache_seconds: float = Field(300.0, ge=0, le=3600)
+
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024, le=2**31)
+    rate_limit_per_second: float = Field(50.0, gt=0, le=1_000_000)
+    rate_limit_burst: int = Field(100, ge=1, le=1_000_000)
+    max_attempts: int = Field(5, ge=1, le=100)
+    # Candidates the HNSW index scans per search before the owner filter: more is better recall
+    # (and better odds for owners with few of the chunks) at a cost in CPU per search that grows
+    # about linearly with it; pgvector's default is 40. docs/benchmarks.md "Intake API" measures
+    # recall and load at 40, 64 and 100.
+    search_ef_search: int = Field(64, ge=10, le=1000)
+    # Database connections of one API process. Beyond the cores Postgres has, more connections only
+    # queue the same work inside Postgres instead of in the pool.
+    pool_size: int = Field(20, ge=1, le=1000)
+    # Embedding requests one API process has under way at once; the queries of searches that
+    # arrive while all are out wait and go together in the next request (one request per search
+    # would make the search rate the embeddings API's request rate).
+    embedding_requests: int = Field(4, ge=1, le=256)
+    # uvloop runs the same server with less CPU per request; `asyncio` switches it off.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    openai_base_url: str = Field(OPENAI_DEFAULT_URL, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    embedding_model: str = Field(
+        "text-embedding-3-small", validation_alias=_env("DOCPIPE_EMBEDDING_MODEL")
+    )
+    embedding_dimensions: int = Field(
+        DEFAULT_EMBEDDING_DIMENSIONS,
+        ge=1,
+        le=MAX_EMBEDDING_DIMENSIONS,
+        validation_alias=_env("DOCPIPE_EMBEDDING_DIMENSIONS"),
+    )
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, validation_alias=_env("DOCPIPE_REQUEST_TIMEOUT_SECONDS")
+    )
+
+    log_format: Literal["json", "text"] = Field("json", validation_alias=_env("DOCPIPE_LOG_FORMAT"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("DOCPIPE_LOG_LEVEL")
+    )
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_names(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        bad = [name for name in names if not _PIPELINE.match(name)]
+        if not names or bad:
+            raise ValueError(
+                "must be a comma-separated list of pipeline names (lower-case letters, digits "
+                f"and '-', at most 63 characters){'; bad: ' + ', '.join(bad) if bad else ''}"
+            )
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ApiSettings:
+        sources = [
+            name
+            for name, value in (
+                ("DOCPIPE_API_JWT_SECRET", self.jwt_secret),
+                ("DOCPIPE_API_JWT_PUBLIC_KEY_FILE", self.jwt_public_key_file),
+                ("DOCPIPE_API_JWT_JWKS_FILE", self.jwt_jwks_file),
+            )
+            if value is not None
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"set only one of {', '.join(sources)}")
+        if not sources and not self.dev_mode:
+            raise ValueError(
+                "no token verification key: set DOCPIPE_API_JWT_SECRET (HS256, at least "
+                f"{MIN_SECRET_BYTES} bytes), DOCPIPE_API_JWT_PUBLIC_KEY_FILE or "
+                "DOCPIPE_API_JWT_JWKS_FILE (RS256); or DOCPIPE_API_DEV_MODE=true for the "
+                "development secret"
+            )
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else None
+        if secret == DEVELOPMENT_SECRET and not self.dev_mode:
+            raise ValueError(
+                "DOCPIPE_API_JWT_SECRET is the public development secret, which anybody can sign "
+                "tokens with: set a secret of your own, or DOCPIPE_API_DEV_MODE=true on a "
+                "development machine"
+            )
+        if self.openai_base_url.rstrip("/") == OPENAI_DEFAULT_URL and self.openai_api_key is None:
+            raise ValueError(
+                "OPENAI_API_KEY is required for the OpenAI API (searches embed their query); "
+                "or point OPENAI_BASE_URL at a compatible server, such as `docpipe mocks`"
+            )
+        return self
+
+    @property
+    def pipeline_names(self) -> frozenset[str]:
+        return frozenset(self.pipelines.split(","))
+
+    def verification_keys(self) -> VerificationKeys:
+        """The keys tokens are checked with; SettingsError when a key file is unusable."""
+        try:
+            if self.jwt_public_key_file is not None:
+                return public_key_file_keys(self.jwt_public_key_file)
+            if self.jwt_jwks_file is not None:
+                return jwks_file_keys(self.jwt_jwks_file)
+            if self.jwt_secret is not None:
+                return secret_keys(self.jwt_secret.get_secret_value())
+            return secret_keys(DEVELOPMENT_SECRET)
+        except KeyConfigError as exc:
+            raise SettingsError(f"invalid configuration:\n  {exc}") from None

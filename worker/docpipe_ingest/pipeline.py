@@ -1,0 +1,236 @@
+"""The ingest pipeline, one job at a time: load the document, parse it to markdown, chunk,
+embed, and store the chunks, each stage timed. The store and the job's completion share one
+transaction, so a document's chunks change only under a lease the worker still holds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+from pgvector import Vector
+
+from docpipe_contracts import correlation
+from docpipe_contracts.errors import LeaseLostError, PermanentError, TransientError
+from docpipe_ingest import metrics
+from docpipe_ingest.chunking import Chunk, chunk_markdown
+from docpipe_ingest.extraction import EmptyDocumentError
+from docpipe_queue.consumer import Outcome
+from docpipe_queue.jobs import ClaimedJob
+from docpipe_queue.migrator import embedding_column_dimensions
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "parse", "chunk", "embed", "store")
+
+
+class Parser(Protocol):
+    async def parse(self, data: bytes, *, filename: str, content_type: str) -> str: ...
+
+
+class Embedder(Protocol):
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkingConfig:
+    max_chars: int = 1500
+    overlap_chars: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    filename: str
+    content_type: str
+    content: bytes
+    owner: str
+
+
+class DimensionMismatchError(PermanentError):
+    """The embedder returns vectors the database column cannot hold."""
+
+
+class IngestPipeline:
+    """The job handler of `docpipe worker` for jobs of kind 'ingest'."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        parser: Parser,
+        embedder: Embedder,
+        *,
+        chunking: ChunkingConfig,
+        dimensions: int,
+        revision: str,
+        store_concurrency: int = 2,
+    ) -> None:
+        self.pool = pool
+        self.parser = parser
+        self.embedder = embedder
+        self.chunking = chunking
+        self.dimensions = dimensions
+        self.revision = revision
+        # pgvector's HNSW inserts contend for the graph's pages: a few writers at a time store
+        # faster than every job at once.
+        self._store_slots = asyncio.Semaphore(store_concurrency)
+
+    async def check_dimensions(self) -> None:
+        """Refuse to start when the configured dimension does not fit the database column."""
+        column = await embedding_column_dimensions(self.pool)
+        if column != self.dimensions:
+            raise DimensionMismatchError(
+                f"DOCPIPE_EMBEDDING_DIMENSIONS is {self.dimensions} but the database column "
+                f"docpipe.chunks.embedding holds vector({column}); set it to {column} (OpenAI's "
+                "text-embedding-3 models accept `dimensions`)"
+            )
+
+    async def __call__(self, job: ClaimedJob) -> Outcome:
+        if job.document_id is None:
+            raise PermanentError(f"job {job.id} of kind {job.kind!r} names no document")
+        # Each job runs in its own task, so this reaches the job's log lines and its outbound
+        # requests (parser, embedder) and nothing else.
+        correlation.CURRENT.set(job.correlation_id)
+        timer = _StageTimer(job.pipeline, self.revision)
+        with timer.stage("load"):
+            doc = await self._load(job.document_id)
+        with timer.stage("parse"):
+            text = await self.parser.parse(
+                doc.content, filename=doc.filename, content_type=doc.content_type
+            )
+        with timer.stage("chunk"):
+            chunks = chunk_markdown(
+                text, max_chars=self.chunking.max_chars, overlap_chars=self.chunking.overlap_chars
+            )
+        if not chunks:
+            raise EmptyDocumentError(
+                f"{doc.filename}: no text to index after parsing", filename=doc.filename
+            )
+        with timer.stage("embed"):
+            vectors = await self.embedder.embed([c.text for c in chunks])
+        self._check_vectors(vectors, len(chunks))
+        with timer.stage("store"):
+            async with self._store_slots:
+                await self._store(job, doc, chunks, vectors)
+        log.info(
+            "document processed",
+            extra={
+                "job_id": job.id,
+                "document_id": str(job.document_id),
+                "correlation_id": job.correlation_id,
+                "chunks": len(chunks),
+                "stages_ms": timer.millis(),
+            },
+        )
+        return Outcome.COMPLETED
+
+    async def _load(self, document_id: uuid.UUID) -> StoredDocument:
+        row = await self.pool.fetchrow(
+            "update docpipe.documents set status = 'processing', updated_at = now()"
+            " where id = $1 returning filename, content_type, content, owner",
+            document_id,
+        )
+        if row is None:
+            raise PermanentError(f"document {document_id} no longer exists (deleted?)")
+        return StoredDocument(row[0], row[1], row[2], row[3])
+
+    def _check_vectors(self, vectors: Sequence[Sequence[float]], expected: int) -> None:
+        if len(vectors) != expected:
+            raise TransientError(
+                f"embedding service returned {len(vectors)} vectors for {expected} inputs"
+            )
+        for vector in vectors:
+            if len(vector) != self.dimensions:
+                raise DimensionMismatchError(
+                    f"embedding service returned {len(vector)} dimensions, the database column "
+                    f"holds {self.dimensions}; check DOCPIPE_EMBEDDING_MODEL and "
+                    "DOCPIPE_EMBEDDING_DIMENSIONS"
+                )
+
+    async def _store(
+        self,
+        job: ClaimedJob,
+        doc: StoredDocument,
+        chunks: Sequence[Chunk],
+        vectors: Sequence[Sequence[float]],
+    ) -> None:
+        # One statement, so one round trip and atomic by itself: it takes the job row under our
+        # lease (a cancel or rescue that got there first wins; one that comes later waits),
+        # replaces the document's chunks, marks the document processed and completes the job.
+        stored = await self.pool.fetchval(
+            STORE,
+            job.id,
+            job.lease.token,
+            job.document_id,
+            job.pipeline,
+            doc.owner,
+            [c.ordinal for c in chunks],
+            [c.text for c in chunks],
+            [c.heading for c in chunks],
+            [c.char_start for c in chunks],
+            [c.char_end for c in chunks],
+            [Vector(list(v)) for v in vectors],
+        )
+        if stored is None:
+            raise LeaseLostError(f"job {job.id} lost its lease before its chunks were stored")
+
+
+# The insert reads the delete's output, which makes Postgres finish the delete first: the new
+# chunks never meet the old ones in the unique index.
+STORE = """
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and exists (select 1 from held)
+    returning 1
+),
+inserted as (
+    insert into docpipe.chunks
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+    from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
+        as c(ordinal, content, heading, char_start, char_end, embedding)
+    where exists (select 1 from held) and (select count(*) from removed) >= 0
+    returning 1
+),
+document as (
+    update docpipe.documents
+    set status = 'processed', chunk_count = (select count(*) from inserted), error = null,
+        processed_at = now(), updated_at = now()
+    where id = $3 and exists (select 1 from held)
+),
+completed as (
+    update docpipe.jobs
+    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
+    where id in (select id from held)
+)
+select (select count(*) from inserted) from held
+"""
+
+
+class _StageTimer:
+    def __init__(self, pipeline: str, revision: str) -> None:
+        self._labels = (pipeline, revision)
+        self._times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self._times[name] = elapsed
+            metrics.STAGE_SECONDS.labels(*self._labels, name).observe(elapsed)
+
+    def millis(self) -> dict[str, float]:
+        return {k: round(v * 1000, 2) for k, v in self._times.items()}

@@ -1,0 +1,203 @@
+"""`docpipe worker`: wires settings, database, HTTP clients, the ingest pipeline and the consumer
+into one process with health endpoints and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from docpipe_contracts.errors import StartupError
+from docpipe_ingest.health import HealthState, build_health_app
+from docpipe_ingest.parsers import LocalParser
+from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline, Parser
+from docpipe_ingest.settings import WorkerSettings
+from docpipe_providers.embeddings import OpenAIEmbedder
+from docpipe_providers.llamaparse import LlamaParseClient
+from docpipe_queue import metrics, statistics
+from docpipe_queue.consumer import Consumer, ConsumerConfig
+from docpipe_queue.database import WORKER_SESSION, create_pool, resolve_database_url
+from docpipe_queue.migrator import pending_migrations
+from docpipe_queue.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 5.0
+
+
+def _secret(value: object) -> str:
+    get = getattr(value, "get_secret_value", None)
+    return str(get()) if get is not None else ""
+
+
+def build_parser(settings: WorkerSettings, session: aiohttp.ClientSession) -> Parser:
+    """The parser the settings ask for."""
+    if settings.parser == "llamaparse":
+        return LlamaParseClient(
+            session,
+            api_key=_secret(settings.llama_cloud_api_key),
+            base_url=settings.llamaparse_base_url,
+            poll_interval=settings.llamaparse_poll_seconds,
+            request_timeout=settings.request_timeout_seconds,
+        )
+    return LocalParser()
+
+
+def build_embedder(settings: WorkerSettings, session: aiohttp.ClientSession) -> OpenAIEmbedder:
+    return OpenAIEmbedder(
+        session,
+        api_key=_secret(settings.openai_api_key) or "unset",
+        model=settings.embedding_model,
+        dimensions=settings.embedding_dimensions,
+        base_url=settings.openai_base_url,
+        max_batch_inputs=settings.embedding_batch_size,
+        max_concurrency=settings.embedding_concurrency or settings.concurrency,
+        request_timeout=settings.request_timeout_seconds,
+    )
+
+
+async def _publish_queue_stats(pool: asyncpg.Pool, pipeline: str, state: dict[str, bool]) -> None:
+    """Keep the pipeline's queue gauges fresh, so one scrape of any worker tells the backlog."""
+    ready = metrics.QUEUE_READY.labels(pipeline)
+    oldest = metrics.QUEUE_OLDEST_READY_AGE.labels(pipeline)
+    while True:
+        try:
+            rows = await statistics.stats(pool, [pipeline])
+            state["db_ok"] = True
+        except Exception:  # any failure to read the queue makes the worker not ready, never dead
+            state["db_ok"] = False
+        else:
+            row = rows[0] if rows else None
+            ready.set(row.ready if row else 0)
+            oldest.set(row.oldest_ready_age_s if row else 0.0)
+        await asyncio.sleep(STATS_INTERVAL_S)
+
+
+async def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -> None:
+    """Run until SIGTERM/SIGINT, then drain within the grace period and return."""
+    metrics.BUILD_INFO.info({"version": _version(), "revision": settings.revision})
+    url = resolve_database_url(settings.database_url)
+    pool = await create_pool(
+        url,
+        min_size=2,
+        max_size=min(settings.concurrency, 32) + 4,
+        server_settings=WORKER_SESSION,
+    )
+    try:
+        async with pool.acquire() as conn:
+            pending = await pending_migrations(conn)
+        if pending:
+            raise StartupError(
+                f"the database schema is behind this worker ({', '.join(pending)} not applied): "
+                "run `docpipe migrate` first"
+            )
+        timeout = aiohttp.ClientTimeout(total=None, connect=settings.request_timeout_seconds)
+        connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            pipeline = IngestPipeline(
+                pool,
+                build_parser(settings, session),
+                build_embedder(settings, session),
+                chunking=ChunkingConfig(settings.chunk_max_chars, settings.chunk_overlap_chars),
+                dimensions=settings.embedding_dimensions,
+                revision=settings.revision,
+                store_concurrency=settings.store_concurrency,
+            )
+            await pipeline.check_dimensions()
+            await _serve(settings, pool, pipeline, handle_signals=handle_signals)
+    finally:
+        await pool.close()
+
+
+async def _serve(
+    settings: WorkerSettings,
+    pool: asyncpg.Pool,
+    pipeline: IngestPipeline,
+    *,
+    handle_signals: bool,
+) -> None:
+    lease = settings.lease_seconds
+    consumer = Consumer(
+        pool,
+        pipeline,
+        ConsumerConfig(
+            pipeline=settings.pipeline,
+            concurrency=settings.concurrency,
+            batch_size=settings.concurrency,
+            lease_s=lease,
+            heartbeat_s=lease / 3,
+            poll_interval_s=settings.poll_interval_seconds,
+            revision=settings.revision,
+            retry_policy=RetryPolicy(),
+            count_failures=not settings.canary,
+            failure_hold_s=settings.failure_hold_seconds,
+        ),
+    )
+    stats_state = {"db_ok": True}
+
+    def ready_problem() -> str | None:
+        if not consumer.db_ok or not stats_state["db_ok"]:
+            return "database unreachable"
+        return None
+
+    health = HealthState(ready_check=ready_problem)
+    runner = web.AppRunner(build_health_app(health), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    log.info(
+        "worker started",
+        extra={
+            "pipeline": settings.pipeline,
+            "revision": settings.revision,
+            "concurrency": settings.concurrency,
+            "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        },
+    )
+
+    async def tick() -> None:
+        while True:
+            health.tick()
+            await asyncio.sleep(1.0)
+
+    background = [
+        asyncio.create_task(tick()),
+        asyncio.create_task(_publish_queue_stats(pool, settings.pipeline, stats_state)),
+    ]
+    run_task = asyncio.create_task(consumer.run())
+    drained = asyncio.Event()
+
+    async def shutdown() -> None:
+        health.draining = True
+        log.info("draining", extra={"grace_s": settings.shutdown_grace_seconds})
+        await consumer.drain(settings.shutdown_grace_seconds)
+        drained.set()
+
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
+    try:
+        await run_task
+        if health.draining:
+            await drained.wait()
+    finally:
+        for task in background:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*background, return_exceptions=True)
+        await runner.cleanup()
+        log.info("worker stopped")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("docpipe")
+    except PackageNotFoundError:
+        return "unknown"

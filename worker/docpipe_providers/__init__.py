@@ -1,0 +1,1 @@
+"""Clients of the external providers: the OpenAI embeddings API and the LlamaParse API."""

@@ -1,0 +1,201 @@
+"""A client of the OpenAI embeddings API: batches texts, embeds them concurrently, checks the
+vectors fit the database column."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import binascii
+import sys
+from collections.abc import Sequence
+
+import aiohttp
+from pydantic import BaseModel
+
+from docpipe_contracts.errors import JobError, PermanentError, TransientError
+from docpipe_providers.external_requests import request_model
+
+SERVICE = "openai"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "text-embedding-3-small"
+
+# The API refuses more than 2048 inputs or 300,000 tokens per request. A token is at least one
+# character, so this many characters can never exceed the token limit, whatever the language.
+DEFAULT_MAX_BATCH_CHARS = 300_000
+
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+
+
+class _Embedding(BaseModel):
+    index: int
+    # base64 (little-endian float32) when we asked for it; a list from servers that ignore
+    # `encoding_format`.
+    embedding: list[float] | str
+
+
+class _EmbeddingList(BaseModel):
+    data: list[_Embedding]
+
+
+def plan_batches(lengths: Sequence[int], *, max_inputs: int, max_chars: int) -> list[range]:
+    """Split consecutive inputs of the given lengths into batches within both limits.
+
+    An input longer than `max_chars` gets a batch of its own (the service then judges it).
+    """
+    batches: list[range] = []
+    start = 0
+    chars = 0
+    for position, length in enumerate(lengths):
+        size = position - start
+        if size and (size >= max_inputs or chars + length > max_chars):
+            batches.append(range(start, position))
+            start, chars = position, 0
+        chars += length
+    if start < len(lengths):
+        batches.append(range(start, len(lengths)))
+    return batches
+
+
+def _decode_base64(encoded: str) -> list[float]:
+    values = array.array("f")
+    values.frombytes(base64.b64decode(encoded, validate=True))
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
+def _most_telling(failures: ExceptionGroup[Exception]) -> Exception:
+    # Batches fail together only by bad luck; report the failure that should decide the job's
+    # fate: a permanent one first, else the one asking for the longest wait.
+    errors = failures.exceptions
+    if not all(isinstance(error, JobError) for error in errors):
+        return failures
+    for error in errors:
+        if isinstance(error, PermanentError):
+            return error
+    return max(
+        errors,
+        key=lambda error: (error.retry_after or 0.0) if isinstance(error, TransientError) else 0.0,
+    )
+
+
+class OpenAIEmbedder:
+    """Embeds texts with the OpenAI embeddings API (or `docpipe mocks`) over a shared session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        api_key: str,
+        model: str = DEFAULT_MODEL,
+        dimensions: int = 1536,
+        base_url: str = DEFAULT_BASE_URL,
+        max_batch_inputs: int = 256,
+        max_batch_chars: int = DEFAULT_MAX_BATCH_CHARS,
+        max_concurrency: int = 4,
+        request_timeout: float = 60.0,
+        send_dimensions: bool = True,
+    ) -> None:
+        """`send_dimensions=False` omits `dimensions` for models that refuse it (ada-002); the
+        vectors must then have `dimensions` components natively."""
+        for name, value in (
+            ("dimensions", dimensions),
+            ("max_batch_inputs", max_batch_inputs),
+            ("max_batch_chars", max_batch_chars),
+            ("max_concurrency", max_concurrency),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be positive, got {request_timeout!r}")
+        self._session = session
+        self._url = f"{base_url.rstrip('/')}/embeddings"
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._model = model
+        self._dimensions = dimensions
+        self._max_batch_inputs = max_batch_inputs
+        self._max_batch_chars = max_batch_chars
+        # One bound for the whole embedder, so that concurrent jobs share the rate limit politely.
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._request_timeout = request_timeout
+        self._send_dimensions = send_dimensions
+
+    @property
+    def dimensions(self) -> int:
+        """The number of components every returned vector has."""
+        return self._dimensions
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Return one embedding per text, in input order."""
+        for index, text in enumerate(texts):
+            if not text:
+                raise PermanentError(
+                    f"{SERVICE}: text {index} is empty; the embeddings API refuses empty input"
+                )
+        batches = plan_batches(
+            [len(text) for text in texts],
+            max_inputs=self._max_batch_inputs,
+            max_chars=self._max_batch_chars,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._embed_batch([texts[i] for i in batch]))
+                    for batch in batches
+                ]
+        except ExceptionGroup as failures:
+            raise _most_telling(failures) from None
+        return [vector for task in tasks for vector in task.result()]
+
+    async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        # float32 in base64 is a third of the size of JSON numbers, and pgvector stores float32.
+        body: dict[str, object] = {
+            "model": self._model,
+            "input": batch,
+            "encoding_format": "base64",
+        }
+        if self._send_dimensions:
+            body["dimensions"] = self._dimensions
+        async with self._slots:
+            response = await request_model(
+                self._session,
+                "POST",
+                self._url,
+                _EmbeddingList,
+                service=SERVICE,
+                request_timeout=self._request_timeout,
+                headers=self._headers,
+                json_body=body,
+            )
+        return self._vectors_in_order(response, len(batch))
+
+    def _vectors_in_order(self, response: _EmbeddingList, count: int) -> list[list[float]]:
+        if len(response.data) != count:
+            raise TransientError(
+                f"{SERVICE}: malformed response: {len(response.data)} embeddings for {count} inputs"
+            )
+        if sorted(item.index for item in response.data) != list(range(count)):
+            raise TransientError(
+                f"{SERVICE}: malformed response: embedding indices are not 0 to {count - 1}"
+            )
+        vectors: list[list[float]] = [[] for _ in range(count)]
+        for item in response.data:
+            if isinstance(item.embedding, str):
+                try:
+                    vector = _decode_base64(item.embedding)
+                except (binascii.Error, ValueError) as exc:
+                    raise TransientError(
+                        f"{SERVICE}: malformed base64 embedding {item.index}: {exc}"
+                    ) from None
+            else:
+                vector = item.embedding
+            if len(vector) != self._dimensions:
+                raise PermanentError(
+                    f"{SERVICE}: model {self._model!r} returned {len(vector)}-dimensional "
+                    f"embeddings, but {self._dimensions} are configured (the vector column's "
+                    "size); set the dimensions to match the model"
+                )
+            vectors[item.index] = vector
+        return vectors

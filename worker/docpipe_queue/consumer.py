@@ -1,0 +1,454 @@
+"""The loop that drains one pipeline's jobs: claims in batches, runs a handler per job, and keeps
+the bookkeeping (batched completions, lease heartbeats, rescue of expired leases, LISTEN/NOTIFY
+wake-ups with polling as the fallback, graceful stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from docpipe_contracts.errors import LeaseLostError, PermanentError, TransientError
+from docpipe_queue import jobs as queue
+from docpipe_queue import metrics, queries
+from docpipe_queue.jobs import ClaimedJob, Lease
+from docpipe_queue.retry import RetryPolicy, backoff_delay
+
+log = logging.getLogger(__name__)
+
+# What a database outage looks like from asyncpg: the loops wait and try again on these.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.ConnectionDoesNotExistError,
+    # Seen when the server goes away while a pooled connection is being reset.
+    asyncpg.InternalClientError,
+    asyncio.TimeoutError,
+)
+
+
+class Outcome(enum.Enum):
+    """What a handler reports when it returns normally."""
+
+    # The consumer marks the job succeeded (batched with other completions).
+    ACK = "ack"
+    # The handler already completed the job in its own transaction (queue.complete with its lease).
+    COMPLETED = "completed"
+
+
+Handler = Callable[[ClaimedJob], Awaitable[Outcome | None]]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    pipeline: str
+    concurrency: int = 16
+    batch_size: int = 100
+    lease_s: float = 30.0
+    heartbeat_s: float = 10.0
+    poll_interval_s: float = 2.0
+    rescue_interval_s: float = 5.0
+    # Completions wait at most this long (or for `ack_batch` of them) and go in one statement.
+    ack_interval_s: float = 0.005
+    ack_batch: int = 500
+    # Freed slots wait at most this long for company before they are refilled: claims stay
+    # batched under load without leaving slots idle while slow jobs trickle out.
+    claim_coalesce_s: float = 0.005
+    # A canary's failures hand the attempt back and never make a job dead: a bad revision must
+    # not use up the attempts of the jobs it touches (the stable revision retries them).
+    count_failures: bool = True
+    # A failed job keeps its slot until this long after its claim, so a worker that fails fast
+    # claims no faster than one that works (the operator sets it on canaries).
+    failure_hold_s: float = 0.0
+    revision: str = "dev"
+    worker_id: str = field(default_factory=default_worker_id)
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "batch_size", "ack_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lease_s", "heartbeat_s", "poll_interval_s", "rescue_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("claim_coalesce_s", "failure_hold_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_s ({self.lease_s})"
+            )
+
+
+class Consumer:
+    """Drains `config.pipeline` with `handler` until `stop()`; run it with `await run()`."""
+
+    def __init__(self, pool: asyncpg.Pool, handler: Handler, config: ConsumerConfig) -> None:
+        self.pool = pool
+        self.handler = handler
+        self.config = config
+        self.db_ok = False
+        self.last_db_contact = 0.0
+        self._running: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        # Slots held after a failure (see ConsumerConfig.failure_hold_s).
+        self._held = 0
+        self._acks: list[Lease] = []
+        # One flush at a time: the final flush in run()/drain() waits for the ack loop's.
+        self._flush_lock = asyncio.Lock()
+        self._ack_ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._listener: PoolConnectionProxy | None = None
+        self._lost_ids: set[int] = set()
+        labels = (config.pipeline, config.revision)
+        self._m_claimed = metrics.JOBS_CLAIMED.labels(*labels)
+        self._m_succeeded = metrics.JOBS_SUCCEEDED.labels(*labels)
+        self._m_retried = metrics.JOBS_RETRIED.labels(*labels)
+        self._m_dead = metrics.JOBS_DEAD.labels(*labels)
+        self._m_lost = metrics.JOBS_LEASE_LOST.labels(*labels)
+        self._m_in_flight = metrics.JOBS_IN_FLIGHT.labels(*labels)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        """Claim and process jobs until `stop()` is called; then return."""
+        helpers = [
+            asyncio.create_task(self._ack_loop(), name="docpipe-ack"),
+            asyncio.create_task(self._heartbeat_loop(), name="docpipe-heartbeat"),
+            asyncio.create_task(self._rescue_loop(), name="docpipe-rescue"),
+            asyncio.create_task(self._listen_loop(), name="docpipe-listen"),
+        ]
+        try:
+            await self._claim_loop()
+            # Stopped: in-flight jobs finish (or drain() cancels them) with heartbeats still on.
+            while self._running:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            await self._flush_acks()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._close_listener()
+
+    def stop(self) -> None:
+        """Stop claiming; `run()` returns once in-flight jobs have finished (see `drain`)."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait up to `grace_s` for in-flight jobs, then cancel and release the rest at once so
+        other workers can take them without waiting for the lease to expire."""
+        self.stop()
+        tasks = [task for _, task in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        leftover = list(self._running.values())
+        for _, task in leftover:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in leftover), return_exceptions=True)
+        await self._flush_acks()
+        if leftover:
+            leases = [job.lease for job, _ in leftover]
+            try:
+                released = await queue.release(self.pool, leases)
+                log.info("released unfinished jobs", extra={"released": len(released)})
+            except Exception as exc:
+                log.warning("could not release jobs; their leases will expire: %s", exc)
+
+    # -- claiming -------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        cfg = self.config
+        low_water = min(cfg.batch_size, max(1, cfg.concurrency // 4))
+        loop = asyncio.get_running_loop()
+        refill_at: float | None = None
+        while not self._stopping.is_set():
+            free = cfg.concurrency - len(self._running) - self._held
+            if free < low_water:
+                self._slot_freed.clear()
+                if free == 0:
+                    await self._slot_freed.wait()
+                    continue
+                # A few slots are free: wait briefly for more to claim them together.
+                if refill_at is None:
+                    refill_at = loop.time() + cfg.claim_coalesce_s
+                if loop.time() < refill_at:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), refill_at - loop.time())
+                    continue
+            refill_at = None
+            want = min(free, cfg.batch_size)
+            self._wake.clear()
+            try:
+                jobs = await queue.claim(
+                    self.pool, cfg.pipeline, want, lease_s=cfg.lease_s, worker=cfg.worker_id
+                )
+            except DB_ERRORS as exc:
+                await self._on_db_error("claim", exc)
+                continue
+            except Exception:
+                # A bug or an unforeseen driver state must not end the worker: log, back off, go on.
+                log.exception("claim failed unexpectedly")
+                await self._on_db_error("claim", RuntimeError("unexpected"))
+                continue
+            self._on_db_ok()
+            for job in jobs:
+                self._start(job)
+            if jobs:
+                self._m_claimed.inc(len(jobs))
+            if len(jobs) < want:
+                await self._wait_for_work()
+
+    def _start(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._process(job))
+        self._running[job.id] = (job, task)
+        self._m_in_flight.inc()
+
+    async def _wait_for_work(self) -> None:
+        timeout = self.config.poll_interval_s
+        with contextlib.suppress(Exception):
+            # A retried job's backoff may end before the next poll: wake for it then.
+            run_after = await queue.next_run_after(self.pool, self.config.pipeline)
+            if run_after is not None:
+                now = await self.pool.fetchval("select now()")
+                timeout = max(0.0, min(timeout, (run_after - now).total_seconds()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- processing -----------------------------------------------------------------------------
+
+    async def _process(self, job: ClaimedJob) -> None:
+        try:
+            await self._handle(job)
+        finally:
+            # Whatever happens, even a cancel while recording a failure (drain() under load),
+            # the slot is freed: run() waits for every running job to leave before it returns.
+            self._finish(job)
+
+    async def _handle(self, job: ClaimedJob) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self.handler(job)
+        except asyncio.CancelledError:
+            # Cancelled because the lease was lost (cancel, rescue) or by drain(): not a failure.
+            raise
+        except LeaseLostError as exc:
+            self._m_lost.inc()
+            log.info("lease lost, result dropped: %s", exc, extra={"job_id": job.id})
+        except PermanentError as exc:
+            await self._fail(job, str(exc), permanent=True, retry_after=None)
+            self._hold_slot(started)
+        except TransientError as exc:
+            await self._fail(job, str(exc), permanent=False, retry_after=exc.retry_after)
+            self._hold_slot(started)
+        except DB_ERRORS as exc:
+            message = f"database unavailable: {type(exc).__name__}: {exc}"
+            await self._fail(job, message, permanent=False, retry_after=None)
+        except Exception as exc:
+            log.exception("job handler crashed", extra={"job_id": job.id})
+            await self._fail(job, f"{type(exc).__name__}: {exc}", permanent=False, retry_after=None)
+            self._hold_slot(started)
+        else:
+            if outcome is Outcome.COMPLETED:
+                self._m_succeeded.inc()
+            else:
+                self._acks.append(job.lease)
+                if len(self._acks) >= self.config.ack_batch or len(self._acks) == 1:
+                    self._ack_ready.set()
+
+    def _hold_slot(self, started: float) -> None:
+        remaining = self.config.failure_hold_s - (time.monotonic() - started)
+        if remaining <= 0:
+            return
+        self._held += 1
+
+        def release() -> None:
+            self._held -= 1
+            self._slot_freed.set()
+
+        asyncio.get_running_loop().call_later(remaining, release)
+
+    def _finish(self, job: ClaimedJob) -> None:
+        if self._running.pop(job.id, None) is not None:
+            self._m_in_flight.dec()
+            self._slot_freed.set()
+
+    async def _fail(
+        self, job: ClaimedJob, error: str, *, permanent: bool, retry_after: float | None
+    ) -> None:
+        delay = backoff_delay(self.config.retry_policy, job.attempt, retry_after=retry_after)
+        for attempt in range(5):
+            try:
+                outcome = await queue.fail(
+                    self.pool,
+                    job.lease,
+                    error,
+                    delay_s=delay,
+                    permanent=permanent,
+                    counted=self.config.count_failures,
+                )
+                break
+            except Exception as exc:
+                # Not recorded: the lease will expire and the rescuer requeues the job.
+                log.warning("could not record failure (try %d): %s", attempt + 1, exc)
+                await asyncio.sleep(min(2.0**attempt * 0.2, 5.0))
+        else:
+            return
+        if outcome.status == "queued":
+            self._m_retried.inc()
+        elif outcome.status == "dead":
+            self._m_dead.inc()
+        else:
+            self._m_lost.inc()
+        log.info(
+            "job failed",
+            extra={
+                "job_id": job.id,
+                "document_id": str(job.document_id) if job.document_id else None,
+                "correlation_id": job.correlation_id,
+                "attempt": job.attempt,
+                "outcome": outcome.status or "lease lost",
+                "error": error,
+            },
+        )
+
+    # -- background bookkeeping -----------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_ready.wait()
+            if len(self._acks) < self.config.ack_batch:
+                # Let completions that finish together share one statement.
+                await asyncio.sleep(self.config.ack_interval_s)
+            self._ack_ready.clear()
+            await self._flush_acks()
+            if self._acks:
+                self._ack_ready.set()
+
+    async def _flush_acks(self) -> None:
+        async with self._flush_lock:
+            while self._acks:
+                batch = self._acks[: self.config.ack_batch]
+                del self._acks[: len(batch)]
+                try:
+                    done = await queue.complete(self.pool, batch)
+                except BaseException as exc:
+                    # Keep them (completed work is not thrown away), also when cancelled mid-way:
+                    # a completion that did reach the server makes the retry a no-op.
+                    self._acks[:0] = batch
+                    if not isinstance(exc, Exception):
+                        raise
+                    await self._on_db_error("complete", exc)
+                    return
+                self._on_db_ok()
+                self._m_succeeded.inc(len(done))
+                if len(done) < len(batch):
+                    self._m_lost.inc(len(batch) - len(done))
+
+    async def _heartbeat_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.heartbeat_s)
+            held = [job.lease for job, _ in self._running.values()] + list(self._acks)
+            if not held:
+                continue
+            try:
+                alive = await queue.heartbeat(self.pool, held, lease_s=cfg.lease_s)
+            except Exception as exc:
+                await self._on_db_error("heartbeat", exc)
+                continue
+            self._on_db_ok()
+            for lease in held:
+                if lease.job_id not in alive:
+                    entry = self._running.get(lease.job_id)
+                    if entry is not None:
+                        log.info("lease lost, abandoning job", extra={"job_id": lease.job_id})
+                        entry[1].cancel()
+
+    async def _rescue_loop(self) -> None:
+        cfg = self.config
+        while True:
+            # Jitter keeps a fleet of workers from rescuing in lock step.
+            await asyncio.sleep(cfg.rescue_interval_s * random.uniform(0.5, 1.5))
+            try:
+                result = await queue.rescue_expired(self.pool)
+            except Exception as exc:
+                await self._on_db_error("rescue", exc)
+                continue
+            if result.total:
+                log.warning(
+                    "rescued jobs with expired leases",
+                    extra={"requeued": result.requeued, "dead": result.dead},
+                )
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                conn: PoolConnectionProxy = await self.pool.acquire()
+            except Exception as exc:
+                await self._on_db_error("listen", exc)
+                continue
+            self._listener = conn
+            lost = asyncio.Event()
+
+            def on_terminated(_conn: object, lost: asyncio.Event = lost) -> None:
+                lost.set()
+
+            try:
+                await conn.add_listener(queries.NOTIFY_CHANNEL, self._on_notify)
+                conn.add_termination_listener(on_terminated)
+                while not conn.is_closed() and not lost.is_set():
+                    # Polling `is_closed` catches a dead socket the termination callback missed.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5.0)
+            except Exception as exc:
+                await self._on_db_error("listen", exc)
+            finally:
+                await self._close_listener()
+            # Jobs may have arrived while nobody listened.
+            self._wake.set()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload == self.config.pipeline:
+            self._wake.set()
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(queries.NOTIFY_CHANNEL, self._on_notify)
+        with contextlib.suppress(Exception):
+            await self.pool.release(conn)
+
+    def _on_db_ok(self) -> None:
+        self.db_ok = True
+        self.last_db_contact = time.monotonic()
+
+    async def _on_db_error(self, what: str, exc: BaseException) -> None:
+        if self.db_ok:
+            log.warning("database unavailable during %s: %s", what, exc)
+        self.db_ok = False
+        await asyncio.sleep(random.uniform(0.5, 1.5))

@@ -1,0 +1,236 @@
+"""The Postgres job queue: enqueue, claim under a lease, complete, fail, release, rescue, cancel.
+
+Thin: each method runs one statement from `docpipe_queue.queries`; the retry schedule is decided
+by `docpipe_queue.retry`, the consuming loop lives in `docpipe_queue.consumer`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from docpipe_queue import queries
+
+# asyncpg accepts a pool or a connection wherever a query runs.
+Executor = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to enqueue."""
+
+    pipeline: str
+    kind: str = "ingest"
+    document_id: uuid.UUID | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 5
+    run_after: datetime | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to finish one claimed job: valid while the job's lease token is still this one."""
+
+    job_id: int
+    token: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this worker holds under `lease`; `attempt` counts this run (1 for the first)."""
+
+    lease: Lease
+    pipeline: str
+    kind: str
+    document_id: uuid.UUID | None
+    payload: Mapping[str, Any]
+    attempt: int
+    max_attempts: int
+    correlation_id: str | None
+
+    @property
+    def id(self) -> int:
+        return self.lease.job_id
+
+
+@dataclass(frozen=True, slots=True)
+class FailOutcome:
+    """What a failure did: 'queued' (retry at `run_after`), 'dead', or None (lease lost)."""
+
+    status: str | None
+    run_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RescueResult:
+    requeued: dict[str, int]
+    dead: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.requeued.values()) + sum(self.dead.values())
+
+
+def _lease_arrays(leases: Iterable[Lease]) -> tuple[list[int], list[uuid.UUID]]:
+    ids: list[int] = []
+    tokens: list[uuid.UUID] = []
+    for lease in leases:
+        ids.append(lease.job_id)
+        tokens.append(lease.token)
+    return ids, tokens
+
+
+async def enqueue(conn: Executor, jobs: Sequence[NewJob]) -> list[int]:
+    """Insert `jobs` in one statement, in the caller's transaction when `conn` is in one."""
+    if not jobs:
+        return []
+    rows = await conn.fetch(
+        queries.ENQUEUE,
+        [j.pipeline for j in jobs],
+        [j.kind for j in jobs],
+        [j.document_id for j in jobs],
+        [dict(j.payload) for j in jobs],
+        [j.priority for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.run_after for j in jobs],
+        [j.correlation_id for j in jobs],
+    )
+    return [r[0] for r in rows]
+
+
+async def claim(
+    conn: Executor, pipeline: str, limit: int, *, lease_s: float, worker: str
+) -> list[ClaimedJob]:
+    """Claim up to `limit` ready jobs of `pipeline`, by priority then age, under one new lease."""
+    token = uuid.uuid4()
+    rows = await conn.fetch(queries.CLAIM, pipeline, limit, token, float(lease_s), worker)
+    return [
+        ClaimedJob(
+            lease=Lease(r[0], token),
+            pipeline=pipeline,
+            kind=r[1],
+            document_id=r[2],
+            payload=r[3],
+            attempt=r[4],
+            max_attempts=r[5],
+            correlation_id=r[6],
+        )
+        for r in rows
+    ]
+
+
+async def complete(conn: Executor, leases: Iterable[Lease]) -> set[int]:
+    """Mark the jobs succeeded; return the ids completed (the others' leases were lost)."""
+    ids, tokens = _lease_arrays(leases)
+    if not ids:
+        return set()
+    rows = await conn.fetch(queries.COMPLETE, ids, tokens)
+    return {r[0] for r in rows}
+
+
+async def fail(
+    conn: Executor,
+    lease: Lease,
+    error: str,
+    *,
+    delay_s: float,
+    permanent: bool = False,
+    counted: bool = True,
+) -> FailOutcome:
+    """Record a failed attempt: back to the queue after `delay_s`, or dead when permanent or
+    out of attempts. An uncounted failure (a canary's) gives the attempt back and never kills."""
+    row = await conn.fetchrow(
+        queries.FAIL, lease.job_id, lease.token, error, permanent, float(delay_s), counted
+    )
+    if row is None:
+        return FailOutcome(None, None)
+    return FailOutcome(row[0], row[1])
+
+
+async def release(conn: Executor, leases: Iterable[Lease]) -> set[int]:
+    """Give jobs back to the queue at once, without counting the attempt; return those released."""
+    ids, tokens = _lease_arrays(leases)
+    if not ids:
+        return set()
+    rows = await conn.fetch(queries.RELEASE, ids, tokens)
+    return {r[0] for r in rows}
+
+
+async def heartbeat(conn: Executor, leases: Iterable[Lease], *, lease_s: float) -> set[int]:
+    """Extend the leases; return the ids still held (a missing id was cancelled or rescued)."""
+    ids, tokens = _lease_arrays(leases)
+    if not ids:
+        return set()
+    rows = await conn.fetch(queries.HEARTBEAT, ids, tokens, float(lease_s))
+    return {r[0] for r in rows}
+
+
+async def rescue_expired(conn: Executor, *, limit: int = 1000) -> RescueResult:
+    """Requeue (or bury, when out of attempts) jobs whose lease expired."""
+    rows = await conn.fetch(queries.RESCUE, limit)
+    return RescueResult(
+        requeued={r["pipeline"]: r["requeued"] for r in rows if r["requeued"]},
+        dead={r["pipeline"]: r["dead"] for r in rows if r["dead"]},
+    )
+
+
+async def cancel(conn: Executor, job_id: int) -> bool:
+    """Cancel a queued or running job; False when it had already finished or does not exist."""
+    return await conn.fetchval(queries.CANCEL, job_id) is not None
+
+
+async def retry(conn: Executor, job_id: int) -> bool:
+    """Put a dead or cancelled job back in the queue with fresh attempts; False otherwise."""
+    return await conn.fetchval(queries.RETRY, job_id) is not None
+
+
+async def get(conn: Executor, job_id: int) -> asyncpg.Record | None:
+    """The job's row, or None."""
+    return await conn.fetchrow(queries.GET, job_id)
+
+
+async def next_run_after(conn: Executor, pipeline: str) -> datetime | None:
+    """When the pipeline's earliest queued job becomes ready (None: nothing queued)."""
+    value: datetime | None = await conn.fetchval(queries.NEXT_RUN_AFTER, pipeline)
+    return value
+
+
+FINISHED_STATUSES = ("succeeded", "cancelled")
+
+
+async def purge(
+    conn: Executor,
+    *,
+    older_than_s: float,
+    include_dead: bool = False,
+    ids_per_batch: int = 50_000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Delete jobs that finished more than `older_than_s` ago (succeeded and cancelled; dead too
+    with `include_dead`); return how many. `on_progress(done_ids, total_ids)` follows the scan."""
+    if older_than_s < 0:
+        raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
+    if ids_per_batch < 1:
+        raise ValueError(f"ids_per_batch must be >= 1, got {ids_per_batch}")
+    statuses = [*FINISHED_STATUSES, "dead"] if include_dead else list(FINISHED_STATUSES)
+    low, high = await conn.fetchrow(queries.ID_RANGE) or (None, None)
+    if low is None or high is None:
+        return 0
+    deleted = 0
+    total = high - low + 1
+    for start in range(low, high + 1, ids_per_batch):
+        status = await conn.execute(
+            queries.PURGE_RANGE, start, start + ids_per_batch, statuses, float(older_than_s)
+        )
+        deleted += int(status.split()[-1])
+        if on_progress is not None:
+            on_progress(min(start + ids_per_batch, high + 1) - low, total)
+    return deleted

@@ -1,1 +1,0 @@
-"""docpipe worker: the data plane (queue, pipeline, clients, metrics, intake API)."""
