@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from docpipe_queue import queries
+from docpipe_queue import queries, statistics
 
 SNAPSHOT = Path(__file__).with_name("snapshots") / "queries.sql"
 
 
 def render_queries() -> str:
     parts = []
-    for name in sorted(vars(queries)):
-        value = getattr(queries, name)
+    statements = {**vars(statistics), **vars(queries)}
+    for name in sorted(statements):
+        value = statements[name]
         if name.isupper() and isinstance(value, str) and name != "NOTIFY_CHANNEL":
             body = "\n".join(line.rstrip() for line in value.strip().splitlines())
             parts.append(f"-- {name}\n{body};\n")
