@@ -95,6 +95,56 @@ EXTERNAL_REQUESTS = MetricSpec(
     ("service", "status"),
 )
 
+# Provider quotas (ADR 0005). `provider` is `openai` or `llamaparse`; `quota` names one budget
+# (provider, key and model, hashed: never the key itself); `unit` is `requests` or `tokens` (pages
+# for LlamaParse count as requests). The operator reads these to size a fleet no larger than its
+# quota can feed.
+QUOTA_LABELS = ("pipeline", "provider", "quota", "unit")
+QUOTA_LIMIT_PER_MINUTE = MetricSpec(
+    "gauge",
+    "docpipe_quota_limit_per_minute",
+    "The provider quota in force (configured, or learned from the provider's headers), per minute.",
+    QUOTA_LABELS,
+)
+QUOTA_USED = MetricSpec(
+    "counter",
+    "docpipe_quota_used",
+    "Budget this worker drew from the shared quota (requests or tokens).",
+    QUOTA_LABELS,
+)
+QUOTA_WAIT_SECONDS = MetricSpec(
+    "counter",
+    "docpipe_quota_wait_seconds",
+    "Time this worker's provider calls spent waiting for quota budget.",
+    ("pipeline", "provider", "quota"),
+)
+QUOTA_RATE_LIMITED = MetricSpec(
+    "counter",
+    "docpipe_quota_rate_limited",
+    "Provider answers of 429 rate_limit_exceeded (never counted as job failures).",
+    ("pipeline", "provider", "quota"),
+)
+QUOTA_HELD = MetricSpec(
+    "gauge",
+    "docpipe_quota_held",
+    "1 while the provider refuses work for lack of credit (insufficient_quota); jobs wait.",
+    ("pipeline", "provider", "quota"),
+)
+
+# Usage for cost accounting: what the providers bill, per pipeline (per owner in the database).
+USAGE_TOKENS = MetricSpec(
+    "counter",
+    "docpipe_usage_tokens",
+    "Embedding tokens the provider reported, by pipeline and model.",
+    ("pipeline", "model"),
+)
+USAGE_PAGES = MetricSpec(
+    "counter",
+    "docpipe_usage_pages",
+    "Pages parsed by LlamaParse, by pipeline.",
+    ("pipeline",),
+)
+
 # The intake API (`docpipe api`). `route` is the matched path template
 # (`/v1/documents/{document_id}`), never the raw path, so ids do not multiply the series;
 # `unmatched` for paths with no route.
