@@ -50,12 +50,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 from pgvector import Vector
+from tests.support.ports import free_port
 
 from bench.corpus import make_paragraph, pick_topic
 from docpipe_api.auth import DEVELOPMENT_SECRET, mint_token
 from docpipe_api.settings import ApiSettings
 from docpipe_api.store import GET_DOCUMENT, SEARCH_APPROXIMATE, SEARCH_EXACT
-from docpipe_cli.devstack import free_port
 from docpipe_mocks.embedding import embed_text
 from docpipe_queue.database import create_pool
 from docpipe_queue.embedded import start_embedded_postgres

@@ -40,19 +40,17 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
-import kmock  # noqa: E402
-import yaml  # noqa: E402
-from tests.operator.conftest import (  # noqa: E402
+from tests.support.cluster import (  # noqa: E402
     NAMESPACE,
-    SECRETS,
-    Fleet,
     OperatorProcess,
-    feed_documents,
-    free_port,
+    emulated_cluster,
     pipeline_body,
 )
-from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi  # noqa: E402
+from tests.support.documents import feed_documents  # noqa: E402
+from tests.support.emulator import DOCPIPE_RESOURCE, SECRETS, KubernetesApi  # noqa: E402
+from tests.support.fleet import Fleet, kubelet  # noqa: E402
 from tests.support.mocks import serve  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 from docpipe_mocks.server import MockConfig  # noqa: E402
 from docpipe_operator import telemetry  # noqa: E402
@@ -107,44 +105,16 @@ def _rollout(api: KubernetesApi) -> dict[str, Any]:
 
 async def run(data_dir: Path) -> dict[str, Any]:
     database_url = await _database(data_dir)
-    api = KubernetesApi()
+    kubeconfig = data_dir / "kubeconfig"
     async with (
-        api,
-        kmock.Server(api) as server,
+        emulated_cluster(kubeconfig) as api,
         serve("127.0.0.1", 0, MockConfig()) as mocks,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session,
+        kubelet(Fleet(api, processes=True)) as fleet,
     ):
-        api.create_object("/v1/namespaces", None, {"metadata": {"name": NAMESPACE}})
-        api.create_object(
-            "kopf.dev/v1/clusterkopfpeerings", None, {"metadata": {"name": "docpipe"}}
-        )
-        kubeconfig = data_dir / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "current-context": "e",
-                    "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}],
-                    "clusters": [{"name": "e", "cluster": {"server": str(server.url).rstrip("/")}}],
-                    "users": [{"name": "u", "user": {"token": "bench"}}],
-                }
-            )
-        )
         os.environ["KUBECONFIG"] = str(kubeconfig)
         url = base64.b64encode(database_url.encode()).decode()
         api.create_object(SECRETS, NAMESPACE, {"metadata": {"name": "db"}, "data": {"url": url}})
-        fleet = Fleet(api, processes=True)
-
-        async def kubelet() -> None:
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.05)
-                now = time.monotonic()
-                await fleet.step(now - last)
-                last = now
-
-        kubelet_task = asyncio.create_task(kubelet())
         operator = OperatorProcess(liveness_url=f"http://127.0.0.1:{free_port()}/healthz")
         await operator.start()
         pool = await create_pool(database_url, min_size=1, max_size=2)
@@ -241,10 +211,6 @@ async def run(data_dir: Path) -> dict[str, Any]:
             await asyncio.gather(feeder, return_exceptions=True)
             await pool.close()
             await operator.halt()
-            kubelet_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await kubelet_task
-            await fleet.close()
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ COPY worker/ worker/
 COPY api/ api/
 COPY operator/ operator/
 COPY mocks/ mocks/
-RUN /opt/docpipe/bin/pip install --no-cache-dir . \
+# Only the mocks' extra (pyproject.toml): each image installs what its role runs.
+RUN /opt/docpipe/bin/pip install --no-cache-dir '.[mocks]' \
     && /opt/docpipe/bin/python -m compileall -q /opt/docpipe
 
 FROM ${PYTHON_IMAGE}

@@ -15,7 +15,8 @@ COPY worker/ worker/
 COPY api/ api/
 COPY operator/ operator/
 COPY mocks/ mocks/
-RUN /opt/docpipe/bin/pip install --no-cache-dir . \
+# Only the worker's and the intake API's extras (pyproject.toml): the image runs those two roles.
+RUN /opt/docpipe/bin/pip install --no-cache-dir '.[worker,api]' \
     && /opt/docpipe/bin/python -m compileall -q /opt/docpipe
 
 FROM ${PYTHON_IMAGE}

@@ -17,9 +17,9 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from docpipe_api.app import Embedder
 from docpipe_contracts import correlation
 from docpipe_contracts.errors import PermanentError
+from docpipe_providers.embeddings import Embedder
 
 # Statuses by which a service refuses a request for what it holds: worth finding whose query it was.
 _INPUT_REFUSED = frozenset({400, 413, 422})

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from docpipe_cli.main import build_parser
+from docpipe_cli.main import build_argument_parser
 from docpipe_operator import rendering as worker_rendering
-from docpipe_operator.runtime import PEERING_NAME
+from docpipe_operator.runtime import peering_name
 from tests.chart.admission import admission_problems, crd_schemas
 from tests.chart.rendering import (
     CHART,
@@ -120,10 +120,15 @@ def test_chart_crd_is_the_generated_crd() -> None:
 
 
 def test_peering_object_has_the_name_the_operator_uses(
-    render: Callable[..., list[Manifest]],
+    render: Callable[..., list[Manifest]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    peering = find(render(), "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == PEERING_NAME
+    objects = render()
+    peering = find(objects, "ClusterKopfPeering")
+    operator = find(objects, "Deployment", "docpipe-operator")
+    env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    for variable in env:
+        monkeypatch.setenv(variable["name"], variable["value"])
+    assert peering["metadata"]["name"] == peering_name()
 
 
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
@@ -211,7 +216,8 @@ def test_only_the_operator_gets_a_kubernetes_api_token(
     render: Callable[..., list[Manifest]], value_set: str
 ) -> None:
     for where, spec in pod_specs(rendered(render, value_set)):
-        if where.endswith("-operator"):
+        # The operator, and the CRD upgrade hook (which applies the CRDs: test_platform.py).
+        if where.endswith(("-operator", "-crds")):
             assert spec["serviceAccountName"]
             assert spec.get("automountServiceAccountToken", True) is True
         else:
@@ -224,7 +230,7 @@ def test_operator_command_is_one_the_docpipe_cli_accepts(
     deployment = find(render(), "Deployment", "docpipe-operator")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][0] == "docpipe"
-    args = build_parser().parse_args([*container["command"][1:], *container["args"]])
+    args = build_argument_parser().parse_args([*container["command"][1:], *container["args"]])
     assert args.command == "operator"
     assert args.liveness == "http://0.0.0.0:8080/healthz"
 
@@ -244,7 +250,7 @@ def test_helper_commands_are_ones_the_docpipe_cli_accepts(
     for where, spec in pod_specs(rendered(render, "all-options")):
         if where.endswith(f"-{component}"):
             container = spec["containers"][0]
-            args = build_parser().parse_args(
+            args = build_argument_parser().parse_args(
                 [*container["command"][1:], *container.get("args", [])]
             )
             assert args.command == component
@@ -342,7 +348,13 @@ def test_images_default_to_the_chart_app_version(render: Callable[..., list[Mani
         **{"mocks.enabled": True, "examplePipeline.enabled": True, "migrations.enabled": True}
         | {"migrations.databaseUrlSecretRef.name": "db"}
     )
-    images = [c["image"] for _, s in pod_specs(objects) for c in s["containers"]]
+    # The CRD upgrade hook runs kubectl's own image (crds.kubectlImage).
+    images = [
+        c["image"]
+        for where, s in pod_specs(objects)
+        if not where.endswith("-crds")
+        for c in s["containers"]
+    ]
     images.append(find(objects, "DocumentPipeline")["spec"]["worker"]["image"])
     assert len(images) == 4
     assert all(image.endswith(f":{app_version}") for image in images), images
@@ -391,7 +403,8 @@ def test_pod_monitor_in_namespaced_scope_watches_only_those_namespaces(
 def test_dashboard_config_map_holds_the_dashboard_for_the_sidecar(
     render: Callable[..., list[Manifest]],
 ) -> None:
-    config_map = find(render(**{"monitoring.dashboard.enabled": True}), "ConfigMap")
+    objects = render(**{"monitoring.dashboard.enabled": True})
+    config_map = find(objects, "ConfigMap", "docpipe-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = (CHART / "dashboards" / "docpipe.json").read_text()
     assert json.loads(config_map["data"]["docpipe.json"]) == json.loads(dashboard)

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 
 from docpipe_api.auth import DEVELOPMENT_SECRET
-from docpipe_cli.devstack import free_port
 from docpipe_mocks.server import MockConfig
 from tests.e2e.test_worker_process import readyz, spawn_worker, stop, wait_until
 from tests.support.mocks import serve
+from tests.support.ports import free_port
 
 SENTENCE = "Cormorants dry their wings on the harbour wall after diving for sprats."
 

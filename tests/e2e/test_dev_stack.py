@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,3 +75,56 @@ def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
     # The workers, the mocks and the API it started are gone with it.
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not alive, alive
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def test_make_devs_corpus_answers_the_readme_question_with_the_default_token(
+    tmp_path: Path,
+) -> None:
+    # What `make dev` runs, then the next steps it prints: the token `docpipe token` signs by
+    # default must see what dev ingested, and the README's question must find the page that
+    # answers it (the SIGTERM drain in docs/operations.md).
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("DATABASE_URL", None)
+    ingest = [str(REPOSITORY / "docs"), str(REPOSITORY / "README.md")]
+    proc = subprocess.Popen(
+        [*COMMAND, "--data-dir", str(tmp_path / "data"), "--ingest", *ingest],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        output = "".join(lines)
+        assert "press Ctrl-C" in output, output
+        assert " 0 failed" in output, output
+        url = output.split("DOCPIPE_API_URL=", 1)[1].split()[0]
+        cli = [sys.executable, "-m", "docpipe_cli.main"]
+        token = subprocess.run(
+            [*cli, "token"], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        search = subprocess.run(
+            [*cli, "search", "how does a worker drain on SIGTERM?", "--json", "--top-k", "3"],
+            env={**env, "DOCPIPE_API_URL": url, "DOCPIPE_API_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        hits = json.loads(search.stdout)["hits"]
+        answers = [
+            hit
+            for hit in hits
+            if hit["filename"] == "operations.md" and "SIGTERM" in hit["content"]
+        ]
+        assert answers, [(hit["filename"], hit["content"][:80]) for hit in hits]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)

@@ -13,7 +13,7 @@ from docpipe_api.app import (
     encode_cursor,
     upload_content_type,
 )
-from docpipe_api.errors import ApiError
+from docpipe_api.problems import ProblemError
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_an_undeclared_content_type_is_taken_from_the_extension() -> None:
 
 
 def test_an_unsupported_content_type_is_415() -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ProblemError) as caught:
         upload_content_type("image/png", "a.png")
     assert caught.value.status == 415
 
@@ -57,6 +57,6 @@ def test_a_cursor_round_trips() -> None:
 
 @pytest.mark.parametrize("cursor", ["", "!!!", "bm9wZQ", "WyIyMDI2LTAxLTAyIiwgIngiXQ"])
 def test_a_forged_cursor_is_422(cursor: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ProblemError) as caught:
         decode_cursor(cursor)
     assert (caught.value.status, caught.value.field) == (422, "cursor")

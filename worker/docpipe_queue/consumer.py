@@ -1,6 +1,7 @@
-"""The loop that drains one pipeline's jobs: claims in batches, runs a handler per job, and keeps
-the bookkeeping (batched completions, lease heartbeats, rescue of expired leases, LISTEN/NOTIFY
-wake-ups with polling as the fallback, graceful stop)."""
+"""The loop that drains one pipeline's jobs: claims in batches, runs a handler per job, records
+failures, and stops gracefully. The bookkeeping runs beside it, one module each: batched
+completions (`completions`), lease heartbeats (`heartbeat`), rescue of expired leases (`rescue`)
+and LISTEN/NOTIFY wake-ups with polling as the fallback (`notifications`)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,23 @@ import contextlib
 import enum
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from docpipe_contracts.errors import LeaseLostError, PermanentError, TransientError
+from docpipe_queue import heartbeat, metrics, rescue
 from docpipe_queue import jobs as queue
-from docpipe_queue import metrics, queries
+from docpipe_queue.completions import Completions
+from docpipe_queue.connectivity import DB_ERRORS, Connectivity
 from docpipe_queue.jobs import ClaimedJob, Lease
+from docpipe_queue.notifications import Notifications
 from docpipe_queue.retry import RetryPolicy, backoff_delay
 
 log = logging.getLogger(__name__)
-
-# What a database outage looks like from asyncpg: the loops wait and try again on these.
-DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.ConnectionDoesNotExistError,
-    # Seen when the server goes away while a pooled connection is being reset.
-    asyncpg.InternalClientError,
-    asyncio.TimeoutError,
-)
 
 
 class Outcome(enum.Enum):
@@ -54,6 +43,16 @@ Handler = Callable[[ClaimedJob], Awaitable[Outcome | None]]
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def default_fair_claims() -> bool:
+    """DOCPIPE_FAIR_CLAIMS (default true): owners take turns in claims (ADR 0006)."""
+    value = os.environ.get("DOCPIPE_FAIR_CLAIMS", "true").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"DOCPIPE_FAIR_CLAIMS must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +76,9 @@ class ConsumerConfig:
     # A failed job keeps its slot until this long after its claim, so a worker that fails fast
     # claims no faster than one that works (the operator sets it on canaries).
     failure_hold_s: float = 0.0
+    # Owners take turns within the pipeline (ADR 0006); False: priority then age, whoever the
+    # owner (the order before fair claims, kept for comparison).
+    fair_claims: bool = field(default_factory=default_fair_claims)
     revision: str = "dev"
     worker_id: str = field(default_factory=default_worker_id)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -104,20 +106,13 @@ class Consumer:
         self.pool = pool
         self.handler = handler
         self.config = config
-        self.db_ok = False
-        self.last_db_contact = 0.0
+        self._connectivity = Connectivity()
         self._running: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
         # Slots held after a failure (see ConsumerConfig.failure_hold_s).
         self._held = 0
-        self._acks: list[Lease] = []
-        # One flush at a time: the final flush in run()/drain() waits for the ack loop's.
-        self._flush_lock = asyncio.Lock()
-        self._ack_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._listener: PoolConnectionProxy | None = None
-        self._lost_ids: set[int] = set()
         labels = (config.pipeline, config.revision)
         self._m_claimed = metrics.JOBS_CLAIMED.labels(*labels)
         self._m_succeeded = metrics.JOBS_SUCCEEDED.labels(*labels)
@@ -125,18 +120,49 @@ class Consumer:
         self._m_dead = metrics.JOBS_DEAD.labels(*labels)
         self._m_lost = metrics.JOBS_LEASE_LOST.labels(*labels)
         self._m_in_flight = metrics.JOBS_IN_FLIGHT.labels(*labels)
+        self._completions = Completions(
+            pool,
+            self._connectivity,
+            batch=config.ack_batch,
+            interval_s=config.ack_interval_s,
+            succeeded=self._m_succeeded,
+            lease_lost=self._m_lost,
+        )
+        self._notifications = Notifications(
+            pool, self._connectivity, pipeline=config.pipeline, wake=self._wake
+        )
 
     @property
     def in_flight(self) -> int:
         return len(self._running)
 
+    @property
+    def db_ok(self) -> bool:
+        """Whether the last statement of any of the consumer's loops reached the database."""
+        return self._connectivity.ok
+
+    @property
+    def last_db_contact(self) -> float:
+        """`time.monotonic()` when a statement last reached the database (0.0: never)."""
+        return self._connectivity.last_contact
+
     async def run(self) -> None:
         """Claim and process jobs until `stop()` is called; then return."""
+        cfg = self.config
+        beat = heartbeat.run(
+            self.pool,
+            self._connectivity,
+            interval_s=cfg.heartbeat_s,
+            lease_s=cfg.lease_s,
+            held=self._held_leases,
+            lost=self._abandon,
+        )
+        rescuing = rescue.run(self.pool, self._connectivity, interval_s=cfg.rescue_interval_s)
         helpers = [
-            asyncio.create_task(self._ack_loop(), name="docpipe-ack"),
-            asyncio.create_task(self._heartbeat_loop(), name="docpipe-heartbeat"),
-            asyncio.create_task(self._rescue_loop(), name="docpipe-rescue"),
-            asyncio.create_task(self._listen_loop(), name="docpipe-listen"),
+            asyncio.create_task(self._completions.run(), name="docpipe-ack"),
+            asyncio.create_task(beat, name="docpipe-heartbeat"),
+            asyncio.create_task(rescuing, name="docpipe-rescue"),
+            asyncio.create_task(self._notifications.run(), name="docpipe-listen"),
         ]
         try:
             await self._claim_loop()
@@ -144,12 +170,12 @@ class Consumer:
             while self._running:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
-            await self._flush_acks()
+            await self._completions.flush()
         finally:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self._close_listener()
+            await self._notifications.close()
 
     def stop(self) -> None:
         """Stop claiming; `run()` returns once in-flight jobs have finished (see `drain`)."""
@@ -167,7 +193,7 @@ class Consumer:
         for _, task in leftover:
             task.cancel()
         await asyncio.gather(*(task for _, task in leftover), return_exceptions=True)
-        await self._flush_acks()
+        await self._completions.flush()
         if leftover:
             leases = [job.lease for job, _ in leftover]
             try:
@@ -202,17 +228,22 @@ class Consumer:
             self._wake.clear()
             try:
                 jobs = await queue.claim(
-                    self.pool, cfg.pipeline, want, lease_s=cfg.lease_s, worker=cfg.worker_id
+                    self.pool,
+                    cfg.pipeline,
+                    want,
+                    lease_s=cfg.lease_s,
+                    worker=cfg.worker_id,
+                    fair=cfg.fair_claims,
                 )
             except DB_ERRORS as exc:
-                await self._on_db_error("claim", exc)
+                await self._connectivity.lost("claim", exc)
                 continue
             except Exception:
                 # A bug or an unforeseen driver state must not end the worker: log, back off, go on.
                 log.exception("claim failed unexpectedly")
-                await self._on_db_error("claim", RuntimeError("unexpected"))
+                await self._connectivity.lost("claim", RuntimeError("unexpected"))
                 continue
-            self._on_db_ok()
+            self._connectivity.reached()
             for job in jobs:
                 self._start(job)
             if jobs:
@@ -274,9 +305,7 @@ class Consumer:
             if outcome is Outcome.COMPLETED:
                 self._m_succeeded.inc()
             else:
-                self._acks.append(job.lease)
-                if len(self._acks) >= self.config.ack_batch or len(self._acks) == 1:
-                    self._ack_ready.set()
+                self._completions.add(job.lease)
 
     def _hold_slot(self, started: float) -> None:
         remaining = self.config.failure_hold_s - (time.monotonic() - started)
@@ -334,121 +363,14 @@ class Consumer:
             },
         )
 
-    # -- background bookkeeping -----------------------------------------------------------------
+    # -- what the heartbeat asks ----------------------------------------------------------------
 
-    async def _ack_loop(self) -> None:
-        while True:
-            await self._ack_ready.wait()
-            if len(self._acks) < self.config.ack_batch:
-                # Let completions that finish together share one statement.
-                await asyncio.sleep(self.config.ack_interval_s)
-            self._ack_ready.clear()
-            await self._flush_acks()
-            if self._acks:
-                self._ack_ready.set()
+    def _held_leases(self) -> list[Lease]:
+        # Finished jobs keep their lease until their completion is written.
+        return [job.lease for job, _ in self._running.values()] + self._completions.pending
 
-    async def _flush_acks(self) -> None:
-        async with self._flush_lock:
-            while self._acks:
-                batch = self._acks[: self.config.ack_batch]
-                del self._acks[: len(batch)]
-                try:
-                    done = await queue.complete(self.pool, batch)
-                except BaseException as exc:
-                    # Keep them (completed work is not thrown away), also when cancelled mid-way:
-                    # a completion that did reach the server makes the retry a no-op.
-                    self._acks[:0] = batch
-                    if not isinstance(exc, Exception):
-                        raise
-                    await self._on_db_error("complete", exc)
-                    return
-                self._on_db_ok()
-                self._m_succeeded.inc(len(done))
-                if len(done) < len(batch):
-                    self._m_lost.inc(len(batch) - len(done))
-
-    async def _heartbeat_loop(self) -> None:
-        cfg = self.config
-        while True:
-            await asyncio.sleep(cfg.heartbeat_s)
-            held = [job.lease for job, _ in self._running.values()] + list(self._acks)
-            if not held:
-                continue
-            try:
-                alive = await queue.heartbeat(self.pool, held, lease_s=cfg.lease_s)
-            except Exception as exc:
-                await self._on_db_error("heartbeat", exc)
-                continue
-            self._on_db_ok()
-            for lease in held:
-                if lease.job_id not in alive:
-                    entry = self._running.get(lease.job_id)
-                    if entry is not None:
-                        log.info("lease lost, abandoning job", extra={"job_id": lease.job_id})
-                        entry[1].cancel()
-
-    async def _rescue_loop(self) -> None:
-        cfg = self.config
-        while True:
-            # Jitter keeps a fleet of workers from rescuing in lock step.
-            await asyncio.sleep(cfg.rescue_interval_s * random.uniform(0.5, 1.5))
-            try:
-                result = await queue.rescue_expired(self.pool)
-            except Exception as exc:
-                await self._on_db_error("rescue", exc)
-                continue
-            if result.total:
-                log.warning(
-                    "rescued jobs with expired leases",
-                    extra={"requeued": result.requeued, "dead": result.dead},
-                )
-
-    async def _listen_loop(self) -> None:
-        while True:
-            try:
-                conn: PoolConnectionProxy = await self.pool.acquire()
-            except Exception as exc:
-                await self._on_db_error("listen", exc)
-                continue
-            self._listener = conn
-            lost = asyncio.Event()
-
-            def on_terminated(_conn: object, lost: asyncio.Event = lost) -> None:
-                lost.set()
-
-            try:
-                await conn.add_listener(queries.NOTIFY_CHANNEL, self._on_notify)
-                conn.add_termination_listener(on_terminated)
-                while not conn.is_closed() and not lost.is_set():
-                    # Polling `is_closed` catches a dead socket the termination callback missed.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 5.0)
-            except Exception as exc:
-                await self._on_db_error("listen", exc)
-            finally:
-                await self._close_listener()
-            # Jobs may have arrived while nobody listened.
-            self._wake.set()
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        if payload == self.config.pipeline:
-            self._wake.set()
-
-    async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            await conn.remove_listener(queries.NOTIFY_CHANNEL, self._on_notify)
-        with contextlib.suppress(Exception):
-            await self.pool.release(conn)
-
-    def _on_db_ok(self) -> None:
-        self.db_ok = True
-        self.last_db_contact = time.monotonic()
-
-    async def _on_db_error(self, what: str, exc: BaseException) -> None:
-        if self.db_ok:
-            log.warning("database unavailable during %s: %s", what, exc)
-        self.db_ok = False
-        await asyncio.sleep(random.uniform(0.5, 1.5))
+    def _abandon(self, lease: Lease) -> None:
+        entry = self._running.get(lease.job_id)
+        if entry is not None:
+            log.info("lease lost, abandoning job", extra={"job_id": lease.job_id})
+            entry[1].cancel()

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -35,6 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from docpipe_contracts import metrics
 from docpipe_operator.telemetry import PodTarget
+from tests.support.ports import free_port
 
 SCRAPE_INTERVAL_S = 1.0
 # (namespace, pod) of every worker any test runs; each has its own 127.0.0.x address.
@@ -57,13 +57,6 @@ PODS = (
 
 def pod_address(namespace: str, name: str) -> str:
     return f"127.0.0.{20 + PODS.index((namespace, name))}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def prometheus_binary() -> str:

@@ -124,11 +124,11 @@ async def test_promql_analysis_judges_each_canary_as_the_pods_counters_do(
         assert via is not None
         assert via.outcome is direct.outcome, (pipeline, direct, via)
         judged[pipeline] = via
-    assert judged["bad"].outcome is rollout.Outcome.FAILED
+    assert judged["bad"].outcome is rollout.IntervalOutcome.FAILED
     assert "error ratio 0.60" in judged["bad"].reason  # 12 of 20 jobs failed
-    assert judged["slow"].outcome is rollout.Outcome.FAILED
+    assert judged["slow"].outcome is rollout.IntervalOutcome.FAILED
     assert "stage p95" in judged["slow"].reason
-    assert judged["good"].outcome is rollout.Outcome.PASSED
+    assert judged["good"].outcome is rollout.IntervalOutcome.PASSED
     # increase() extrapolates to the window's ends: the counts are near the exact 20 jobs, the
     # ratios all but exact (every counter of a pod is scraped at the same instants).
     assert increases is not None
@@ -155,5 +155,5 @@ async def test_promql_analysis_with_prometheus_down_is_inconclusive(
             _increases(session, private_prometheus, "bad"),
         )
     assert result is not None
-    assert result.outcome is rollout.Outcome.INCONCLUSIVE
+    assert result.outcome is rollout.IntervalOutcome.INCONCLUSIVE
     assert "Prometheus" in result.reason

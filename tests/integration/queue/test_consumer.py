@@ -1,74 +1,23 @@
-"""The consumer loop against real Postgres: exactly-once completion under concurrency, crashes,
-heartbeats, retries, cancellation, NOTIFY wake-ups and graceful drain."""
+"""The consumer loop against real Postgres: exactly-once completion under concurrency, retries
+and dead jobs, the concurrency bound, slot refills, failure holds, canaries and graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 
 from docpipe_contracts.errors import PermanentError, TransientError
 from docpipe_queue import jobs as queue
-from docpipe_queue.consumer import Consumer, ConsumerConfig
+from docpipe_queue.consumer import Consumer
 from docpipe_queue.database import create_pool
 from docpipe_queue.jobs import ClaimedJob, NewJob
 from docpipe_queue.retry import RetryPolicy
-
-
-@asynccontextmanager
-async def running(consumer: Consumer) -> AsyncIterator[Consumer]:
-    task = asyncio.create_task(consumer.run())
-    try:
-        yield consumer
-    finally:
-        await consumer.drain(grace_s=5)
-        # Bounded: a consumer that does not stop after a drain fails the test with this message
-        # instead of hanging the session (one CI run hung in this module; not reproduced).
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        except TimeoutError:
-            raise AssertionError("the consumer did not stop within 30 s of drain()") from None
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
-        await asyncio.sleep(0.02)
-
-
-def all_finished(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        left = await pool.fetchval(
-            "select count(*) from docpipe.jobs where status in ('queued', 'running')"
-        )
-        return bool(left == 0)
-
-    return check
-
-
-def config(**overrides: object) -> ConsumerConfig:
-    base: dict[str, object] = {
-        "pipeline": "p",
-        "concurrency": 8,
-        "batch_size": 8,
-        "lease_s": 5.0,
-        "heartbeat_s": 1.0,
-        "poll_interval_s": 0.2,
-        "rescue_interval_s": 0.5,
-    }
-    base.update(overrides)
-    return ConsumerConfig(**base)  # type: ignore[arg-type]
+from tests.integration.queue.consuming import all_finished, config, running, wait_until
 
 
 async def test_four_consumers_complete_5000_jobs_exactly_once(database_url: str) -> None:
@@ -99,64 +48,6 @@ async def test_four_consumers_complete_5000_jobs_exactly_once(database_url: str)
     finally:
         for p in pools:
             await p.close()
-
-
-async def test_jobs_of_a_sigkilled_consumer_come_back_and_complete_once(
-    database_url: str, pool: asyncpg.Pool
-) -> None:
-    await pool.execute("create table test_runs (job_id bigint, worker text)")
-    ids = await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(60)])
-    script = Path(__file__).with_name("consumer_process.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    victim = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), database_url, "victim", "30", env=env
-    )
-    try:
-
-        async def victim_is_mid_batch() -> bool:
-            n = await pool.fetchval("select count(*) from test_runs where worker = 'victim'")
-            return bool(n >= 20)
-
-        await wait_until(victim_is_mid_batch, timeout_s=30)
-    finally:
-        victim.send_signal(signal.SIGKILL)
-        await victim.wait()
-    stranded = {
-        r[0] for r in await pool.fetch("select job_id from test_runs where worker = 'victim'")
-    }
-    completed: collections.Counter[int] = collections.Counter()
-
-    async def handler(job: ClaimedJob) -> None:
-        completed[job.id] += 1
-
-    async with running(Consumer(pool, handler, config(rescue_interval_s=0.2))):
-        await wait_until(all_finished(pool), timeout_s=30)
-    assert set(completed) == set(ids)
-    assert set(completed.values()) == {1}
-    assert stranded <= set(completed)
-    rows = await pool.fetch("select status, count(*) from docpipe.jobs group by status")
-    assert {r[0]: r[1] for r in rows} == {"succeeded": 60}
-    retried = await pool.fetchval(
-        "select count(*) from docpipe.jobs where id = any($1) and attempts = 2", list(stranded)
-    )
-    assert retried == len(stranded)
-
-
-async def test_heartbeat_keeps_a_long_job_from_being_rescued(pool: asyncpg.Pool) -> None:
-    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p")])
-    starts: list[int] = []
-
-    async def slow(job: ClaimedJob) -> None:
-        starts.append(job.attempt)
-        await asyncio.sleep(2.0)
-
-    cfg = config(lease_s=0.6, heartbeat_s=0.15, rescue_interval_s=0.1)
-    async with running(Consumer(pool, slow, cfg)):
-        await wait_until(all_finished(pool), timeout_s=10)
-    assert starts == [1]
-    row = await queue.get(pool, job_id)
-    assert row is not None
-    assert (row["status"], row["attempts"]) == ("succeeded", 1)
 
 
 async def test_transient_error_retries_after_the_services_retry_after(pool: asyncpg.Pool) -> None:
@@ -216,48 +107,6 @@ async def test_crashing_handler_is_retried_until_dead(pool: asyncpg.Pool) -> Non
     assert (row["status"], row["attempts"], row["last_error"]) == ("dead", 3, "KeyError: 'missing'")
 
 
-async def test_cancelling_a_running_job_stops_its_handler(pool: asyncpg.Pool) -> None:
-    (job_id,) = await queue.enqueue(pool, [NewJob(pipeline="p")])
-    started = asyncio.Event()
-    stopped = asyncio.Event()
-
-    async def long(job: ClaimedJob) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        finally:
-            stopped.set()
-
-    async with running(Consumer(pool, long, config(heartbeat_s=0.1))):
-        await asyncio.wait_for(started.wait(), 5)
-        assert await queue.cancel(pool, job_id)
-        await asyncio.wait_for(stopped.wait(), 2)
-    row = await queue.get(pool, job_id)
-    assert row is not None
-    assert row["status"] == "cancelled"
-
-
-async def test_notify_wakes_an_idle_consumer_well_before_its_poll(pool: asyncpg.Pool) -> None:
-    picked: asyncio.Queue[float] = asyncio.Queue()
-
-    async def handler(job: ClaimedJob) -> None:
-        picked.put_nowait(time.monotonic())
-
-    async with running(Consumer(pool, handler, config(poll_interval_s=10.0))):
-        await asyncio.sleep(0.5)  # let it find the queue empty and go to sleep
-        latencies = []
-        for _ in range(5):
-            sent = time.monotonic()
-            await queue.enqueue(pool, [NewJob(pipeline="p")])
-            latencies.append(await asyncio.wait_for(picked.get(), 5) - sent)
-            await asyncio.sleep(0.2)
-    # The poll is 10 s away: every pick-up must come from the notification. One slow commit
-    # on a loaded CI machine may take a few hundred ms, so the bound on the typical case is tight
-    # and the bound on the worst is loose.
-    assert sorted(latencies)[len(latencies) // 2] < 0.1, latencies
-    assert max(latencies) < 1.0, latencies
-
-
 async def test_drain_finishes_short_jobs_and_releases_long_ones_at_once(
     pool: asyncpg.Pool,
 ) -> None:
@@ -296,33 +145,6 @@ async def test_claim_never_exceeds_concurrency(pool: asyncpg.Pool) -> None:
     async with running(consumer):
         await wait_until(all_finished(pool), timeout_s=10)
     assert peak == 3
-
-
-async def test_stopping_while_completions_are_in_flight_loses_none(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ack loop may be mid-statement when the consumer stops: that batch must still land."""
-    await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(5)])
-    real_complete = queue.complete
-    completing = asyncio.Event()
-
-    async def slow_complete(executor: queue.Executor, leases: Iterable[queue.Lease]) -> set[int]:
-        completing.set()
-        await asyncio.sleep(0.3)
-        return await real_complete(executor, leases)
-
-    monkeypatch.setattr(queue, "complete", slow_complete)
-
-    async def handler(job: ClaimedJob) -> None:
-        return None
-
-    consumer = Consumer(pool, handler, config(ack_interval_s=0.0))
-    task = asyncio.create_task(consumer.run())
-    await asyncio.wait_for(completing.wait(), 5)
-    consumer.stop()
-    await asyncio.wait_for(task, 5)
-    rows = await pool.fetch("select status from docpipe.jobs")
-    assert [r[0] for r in rows] == ["succeeded"] * 5
 
 
 async def test_a_single_freed_slot_is_refilled_without_waiting_for_others(

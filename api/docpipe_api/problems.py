@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from docpipe_api.models import ErrorDetail, ErrorResponse
 
 
-class ApiError(Exception):
+class ProblemError(Exception):
     """An answer other than success, raised anywhere in a handler."""
 
     def __init__(
@@ -31,15 +31,15 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"no {what} with that id")
+def not_found(what: str) -> ProblemError:
+    return ProblemError(404, "not_found", f"no {what} with that id")
 
 
-def invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_parameter", f"{field}: {message}", field=field)
+def invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(422, "invalid_parameter", f"{field}: {message}", field=field)
 
 
-def from_validation_error(error: ValidationError, *, prefix: str = "") -> ApiError:
+def from_validation_error(error: ValidationError, *, prefix: str = "") -> ProblemError:
     """A 422 naming the first invalid field of a pydantic validation failure."""
     first = error.errors(include_url=False)[0]
     location = ".".join(str(part) for part in first["loc"])
@@ -47,13 +47,13 @@ def from_validation_error(error: ValidationError, *, prefix: str = "") -> ApiErr
     more = error.error_count() - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     message = str(first["msg"]).removeprefix("Value error, ")
-    return ApiError(
+    return ProblemError(
         422, "invalid_body" if prefix == "" else "invalid_parameter", f"{field}: {message}{suffix}",
         field=field,
     )  # fmt: skip
 
 
-def error_response(error: ApiError, request_id: str) -> web.Response:
+def problem_response(error: ProblemError, request_id: str) -> web.Response:
     body = ErrorResponse(
         error=ErrorDetail(code=error.code, message=error.message, field=error.field),
         request_id=request_id,

@@ -1,4 +1,5 @@
-"""bench/autoscaling_sim.py: the seeded jobs, the matched KEDA runs and the verdict."""
+"""The autoscaling simulation (tests/support/autoscaling_simulation.py): the seeded jobs, the
+matched KEDA runs and the verdict."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import statistics
 from typing import Any
 
 import pytest
-from bench.autoscaling_sim import (
+
+from tests.support.autoscaling_simulation import (
     TRACES,
-    Fleet,
+    FleetModel,
     Jobs,
     Result,
     Workload,
@@ -87,7 +89,7 @@ def test_both_autoscalers_face_the_same_jobs() -> None:
 
 def test_a_job_keeps_its_drawn_time_in_the_queue_and_when_requeued() -> None:
     load = Workload(concurrency=1, startup_seconds=0.0)
-    fleet = Fleet(load, Jobs(arrivals=(2, 0, 1, 0, 0, 0), seconds=(3.0, 1.0, 5.0)))
+    fleet = FleetModel(load, Jobs(arrivals=(2, 0, 1, 0, 0, 0), seconds=(3.0, 1.0, 5.0)))
     fleet.resize(1, 0.0)
     for t in range(5):
         fleet.step(float(t), 0.0)

@@ -1,5 +1,7 @@
 """The autoscaling simulation of bench/autoscaling.py: docpipe's decision vs KEDA + HPA on traces.
 
+Pure (no I/O), so tests/unit tests it without importing bench/.
+
 A discrete-time queue (1 s steps): jobs arrive by a trace, wait in FIFO order for a free slot,
 and hold it for their job time. A new pod serves after `startup_seconds`. Both autoscalers run
 the same fleet on the same jobs; only the decision differs:
@@ -132,7 +134,7 @@ def draw_jobs(trace: Trace, duration: float, load: Workload) -> Jobs | None:
 
 
 @dataclass
-class Fleet:
+class FleetModel:
     """The simulated queue and pods."""
 
     load: Workload
@@ -228,7 +230,7 @@ def _p95(values: list[float]) -> float:
 
 def run_docpipe(
     trace: Trace, duration: float, load: Workload, stabilization_seconds: int = 300
-) -> Fleet:
+) -> FleetModel:
     """docpipe's decision on a trace; the fleet afterwards."""
     policy = ScalingSpec(
         min_replicas=load.min_replicas,
@@ -241,7 +243,7 @@ def run_docpipe(
             enabled=load.min_replicas == 0, idle_seconds=int(load.idle_seconds)
         ),
     )
-    fleet = Fleet(load, draw_jobs(trace, duration, load))
+    fleet = FleetModel(load, draw_jobs(trace, duration, load))
     history = ScalingHistory()
     replicas = max(load.min_replicas, 1)
     fleet.resize(replicas, -load.startup_seconds)
@@ -288,13 +290,15 @@ def keda_target_for_wait(load: Workload) -> float:
     return load.concurrency * (1.0 + load.target_wait_seconds / load.job_seconds)
 
 
-def run_keda(trace: Trace, duration: float, load: Workload, target: float | None = None) -> Fleet:
+def run_keda(
+    trace: Trace, duration: float, load: Workload, target: float | None = None
+) -> FleetModel:
     """The KEDA + HPA algorithm on a trace; the fleet afterwards.
 
     `target` is the queue length (ready + running) per replica; by default `concurrency`, which
     gives every job a slot at once: a target of no wait at all.
     """
-    fleet = Fleet(load, draw_jobs(trace, duration, load))
+    fleet = FleetModel(load, draw_jobs(trace, duration, load))
     replicas = max(load.min_replicas, 1)
     fleet.resize(replicas, -load.startup_seconds)
     target = float(load.concurrency) if target is None else target
