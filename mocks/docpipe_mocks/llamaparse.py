@@ -1,12 +1,20 @@
 """A LlamaParse-compatible parsing API. What it extracts is the extractor's it is given: `docpipe
 mocks` gives it docpipe's own (real text from PDF, DOCX, HTML...); alone it reads text files only.
-The mocks import nothing of docpipe, so the extractor comes in as a function."""
+The mocks import nothing of docpipe, so the extractor comes in as a function.
+
+With quotas (`docpipe_mocks.quotas`, installed by the server), each API key may upload at most N
+documents in any W seconds; an upload over that is answered 429 with `retry-after`. A finished
+job reports its pages as the real API does, in `job_metadata.job_pages`: the extractor's pages
+(form feeds) if it marks them, else a PDF's pages, else 1."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import re
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -14,6 +22,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
+
+from docpipe_mocks.quotas import QuotaState, bearer_key, retry_after_headers
 
 PATH_PREFIX = "/api/parsing/"
 
@@ -42,6 +52,7 @@ class LlamaParseSettings(BaseModel):
 class _Outcome:
     markdown: str | None = None
     error: str | None = None
+    pages: int = 0
 
 
 @dataclass(slots=True)
@@ -76,6 +87,7 @@ class JobStore:
 SETTINGS = web.AppKey("llamaparse_settings", LlamaParseSettings)
 EXTRACTOR: web.AppKey[Extractor] = web.AppKey("llamaparse_extractor")
 JOBS = web.AppKey("llamaparse_jobs", JobStore)
+QUOTAS = web.AppKey("llamaparse_quotas", QuotaState)
 ROUTES = web.RouteTableDef()
 
 
@@ -104,16 +116,50 @@ def read_text(data: bytes, filename: str, content_type: str | None) -> str:
     return text
 
 
+# A page object of an uncompressed PDF; `/Pages` (the page tree's nodes) is not one.
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+
+
+def _pdf_pages(data: bytes) -> int:
+    try:
+        from pypdf import PdfReader
+    except ImportError:  # the mocks without docpipe's parsers
+        return len(_PDF_PAGE.findall(data))
+    try:
+        return len(PdfReader(io.BytesIO(data)).pages)
+    except Exception:
+        return len(_PDF_PAGE.findall(data))
+
+
+def count_pages(data: bytes, filename: str, content_type: str | None, markdown: str) -> int:
+    """The pages of a parsed document: the extractor's form feeds, else a PDF's pages, else 1."""
+    body = markdown.strip("\f")
+    if "\f" in body:
+        return body.count("\f") + 1
+    is_pdf = (
+        data.startswith(b"%PDF")
+        or content_type == "application/pdf"
+        or filename.lower().endswith(".pdf")
+    )
+    return max(1, _pdf_pages(data)) if is_pdf else 1
+
+
+def _extract_and_count(
+    extract: Extractor, data: bytes, filename: str, content_type: str | None
+) -> _Outcome:
+    markdown = extract(data, filename, content_type)
+    return _Outcome(markdown=markdown, pages=count_pages(data, filename, content_type, markdown))
+
+
 async def _extract(
     extract: Extractor, data: bytes, filename: str, content_type: str | None
 ) -> _Outcome:
     try:
-        markdown = await asyncio.to_thread(extract, data, filename, content_type)
+        return await asyncio.to_thread(_extract_and_count, extract, data, filename, content_type)
     except Exception as exc:
         # Whatever the extractor raises ends the job, as the real service reports ERROR.
         _log.info("extraction of %r failed: %s", filename, exc)
         return _Outcome(error=str(exc) or f"internal error while parsing {filename!r}")
-    return _Outcome(markdown=markdown)
 
 
 @ROUTES.post("/api/parsing/upload")
@@ -130,14 +176,39 @@ async def upload(request: web.Request) -> web.Response:
     content_type: str | None = upload.content_type
     if content_type == "application/octet-stream":
         content_type = None
+    key = bearer_key(request.headers.get("Authorization"))
+    quotas = request.app.get(QUOTAS)
+    if quotas is not None:
+        retry_after = quotas.admit_upload(key, time.monotonic(), time.time())
+        if retry_after is not None:
+            limits = quotas.config.llamaparse
+            message = (
+                f"Rate limit exceeded: at most {limits.uploads_per_window} uploads per "
+                f"{limits.window_seconds} seconds. Please retry later."
+            )
+            return error_response(429, message, headers=retry_after_headers(retry_after))
     job = _Job(
         id=str(uuid.uuid4()),
         extraction=asyncio.create_task(
             _extract(request.app[EXTRACTOR], data, upload.filename, content_type)
         ),
     )
+    if quotas is not None:
+        job.extraction.add_done_callback(_pages_recorder(quotas, key))
     request.app[JOBS].add(job)
     return web.json_response({"id": job.id, "status": "PENDING"})
+
+
+def _pages_recorder(quotas: QuotaState, key: str) -> Callable[[asyncio.Task[_Outcome]], None]:
+    def record(task: asyncio.Task[_Outcome]) -> None:
+        if not task.cancelled() and task.result().markdown is not None:
+            quotas.record_pages(key, task.result().pages)
+
+    return record
+
+
+def _job_metadata(outcome: _Outcome) -> dict[str, int]:
+    return {"job_pages": outcome.pages}
 
 
 def _find_job(request: web.Request) -> _Job | None:
@@ -163,7 +234,9 @@ async def job_status(request: web.Request) -> web.Response:
                 "error_message": outcome.error,
             }
         )
-    return web.json_response({"id": job.id, "status": "SUCCESS"})
+    return web.json_response(
+        {"id": job.id, "status": "SUCCESS", "job_metadata": _job_metadata(outcome)}
+    )
 
 
 @ROUTES.get("/api/parsing/job/{job_id}/result/markdown")
@@ -177,14 +250,20 @@ async def job_markdown(request: web.Request) -> web.Response:
     outcome = job.extraction.result()
     if outcome.markdown is None:
         return error_response(400, f"Job {job.id} ended in ERROR and has no result.")
-    return web.json_response({"markdown": outcome.markdown})
+    return web.json_response({"markdown": outcome.markdown, "job_metadata": _job_metadata(outcome)})
 
 
 def install(
-    app: web.Application, settings: LlamaParseSettings, extract: Extractor = read_text
+    app: web.Application,
+    settings: LlamaParseSettings,
+    extract: Extractor = read_text,
+    quotas: QuotaState | None = None,
 ) -> None:
-    """Add the parsing endpoints to `app`, configured by `settings`, extracting with `extract`."""
+    """Add the parsing endpoints to `app`, configured by `settings`, extracting with `extract`,
+    limited by `quotas`."""
     app[SETTINGS] = settings
+    if quotas is not None:
+        app[QUOTAS] = quotas
     app[EXTRACTOR] = extract
     app[JOBS] = JobStore(max_jobs=settings.max_jobs)
 

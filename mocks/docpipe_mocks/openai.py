@@ -1,4 +1,12 @@
-"""An OpenAI-compatible embeddings endpoint (`POST /v1/embeddings`) serving mock embeddings."""
+"""An OpenAI-compatible embeddings endpoint (`POST /v1/embeddings`) serving mock embeddings.
+
+With quotas (`docpipe_mocks.quotas`, installed by the server), each API key's requests and input
+tokens per minute are limited as OpenAI limits them: every response carries the
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers of the limited quotas, and a
+request over its budget is answered 429 `rate_limit_exceeded` with `retry-after` and
+`retry-after-ms`; in `insufficient_quota` mode every request is answered 429 `insufficient_quota`.
+Requests answered by an injected fault never reach this endpoint and spend no quota.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,9 @@ import asyncio
 import base64
 import json
 import math
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +24,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from docpipe_mocks.embedding import embed_array
+from docpipe_mocks.quotas import (
+    QuotaState,
+    bearer_key,
+    format_duration,
+    ratelimit_headers,
+    retry_after_headers,
+)
 
 PATH_PREFIX = "/v1/"
 
@@ -42,6 +59,7 @@ class OpenAISettings(BaseModel):
 
 
 SETTINGS = web.AppKey("openai_settings", OpenAISettings)
+QUOTAS = web.AppKey("openai_quotas", QuotaState)
 ROUTES = web.RouteTableDef()
 
 
@@ -59,14 +77,17 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
+    kind: str | None = None,
 ) -> web.Response:
-    """Return an error in the OpenAI shape: `{"error": {"message", "type", "param", "code"}}`."""
-    if status == 429:
-        kind = "requests"
-    elif status >= 500:
-        kind = "server_error"
-    else:
-        kind = "invalid_request_error"
+    """Return an error in the OpenAI shape: `{"error": {"message", "type", "param", "code"}}`;
+    the type is `kind` if given, else the one usual for `status`."""
+    if kind is None:
+        if status == 429:
+            kind = "requests"
+        elif status >= 500:
+            kind = "server_error"
+        else:
+            kind = "invalid_request_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
 
@@ -162,10 +183,72 @@ def _render(inputs: list[str], *, model: str, dimensions: int, encoding: str) ->
 _INLINE_CHARS = 2000
 
 
+_RATE_LIMITS_DOC = "Visit https://platform.openai.com/account/rate-limits to learn more."
+_INSUFFICIENT_QUOTA = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+_ORGANIZATION = "org-mock"
+
+
+@dataclass(frozen=True, slots=True)
+class _Quota:
+    state: QuotaState
+    key: str
+
+
+def _over_quota(quota: _Quota, model: str, tokens: int) -> web.Response | None:
+    """Spend one request of `tokens` tokens of the key's budget, or answer why it cannot."""
+    admission = quota.state.admit_openai(quota.key, tokens, time.monotonic(), time.time())
+    if admission.accepted:
+        return None
+    if admission.limited_by == "tokens":
+        budget, unit, requested = admission.tokens, "tokens per min (TPM)", tokens
+    else:
+        budget, unit, requested = admission.requests, "requests per min (RPM)", 1
+    assert budget is not None  # a refusal names a limited budget
+    if admission.retry_after is None:
+        # Larger than the whole budget: waiting cannot help, so no retry-after.
+        message = (
+            f"Request too large for {model} in organization {_ORGANIZATION} on {unit}: "
+            f"Limit {budget.limit}, Requested {requested}. The input or output tokens must be "
+            f"reduced in order to run successfully. {_RATE_LIMITS_DOC}"
+        )
+        headers: dict[str, str] = {}
+    else:
+        message = (
+            f"Rate limit reached for {model} in organization {_ORGANIZATION} on {unit}: "
+            f"Limit {budget.limit}, Used {budget.limit - budget.remaining}, "
+            f"Requested {requested}. Please try again in "
+            f"{format_duration(admission.retry_after)}. {_RATE_LIMITS_DOC}"
+        )
+        headers = retry_after_headers(admission.retry_after)
+    return error_response(
+        429, message, code="rate_limit_exceeded", kind=admission.limited_by, headers=headers
+    )
+
+
 @ROUTES.post("/v1/embeddings")
 async def create_embeddings(request: web.Request) -> web.Response:
     """Embed `input` (a string or an array of strings) with the mock embedding of `model`."""
+    state = request.app.get(QUOTAS)
+    if state is None:
+        return await _embeddings(request, None)
+    quota = _Quota(state, bearer_key(request.headers.get("Authorization")))
+    response = await _embeddings(request, quota)
+    # Every answer carries the budget as it stands now: after this request's spending, if any.
+    response.headers.update(ratelimit_headers(state.peek_openai(quota.key, time.monotonic())))
+    return response
+
+
+async def _embeddings(request: web.Request, quota: _Quota | None) -> web.Response:
     settings = request.app[SETTINGS]
+    if quota is not None and quota.state.insufficient_quota:
+        quota.state.refuse_insufficient_quota(quota.key)
+        return error_response(
+            429, _INSUFFICIENT_QUOTA, code="insufficient_quota", kind="insufficient_quota"
+        )
     try:
         body = json.loads(await request.read())
     except ValueError:
@@ -187,6 +270,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
         dimensions = _parse_dimensions(body, model)
     except _InvalidRequestError as invalid:
         return error_response(400, invalid.message, param=invalid.param)
+    if quota is not None:
+        refusal = _over_quota(quota, model, sum(estimate_tokens(text) for text in inputs))
+        if refusal is not None:
+            return refusal
     if sum(len(text) for text in inputs) <= _INLINE_CHARS:
         # A query or a small batch: handing it to a thread would cost more than embedding it.
         payload = _render(inputs, model=model, dimensions=dimensions, encoding=encoding)
@@ -199,7 +286,11 @@ async def create_embeddings(request: web.Request) -> web.Response:
     return web.Response(body=payload, content_type="application/json")
 
 
-def install(app: web.Application, settings: OpenAISettings) -> None:
-    """Add the embeddings endpoint to `app`, configured by `settings`."""
+def install(
+    app: web.Application, settings: OpenAISettings, quotas: QuotaState | None = None
+) -> None:
+    """Add the embeddings endpoint to `app`, configured by `settings`, limited by `quotas`."""
     app[SETTINGS] = settings
+    if quotas is not None:
+        app[QUOTAS] = quotas
     app.add_routes(ROUTES)

@@ -1,13 +1,17 @@
 """One aiohttp server for both mock services, with fault injection and an admin API.
 
 `GET/PUT /_admin/faults` reads and replaces the fault configuration at run time;
-`GET /_admin/stats` counts the services' requests per endpoint and status, and per X-Request-ID.
+`GET/PUT /_admin/quotas` reads and replaces the quotas (`PUT ...?reset=true` also refills every
+budget and zeroes the quota counts);
+`GET /_admin/stats` counts the services' requests per endpoint and status, and per X-Request-ID,
+and under `quotas` what each API key was served and refused, with a per-second history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -17,9 +21,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from docpipe_mocks import llamaparse, openai
-from docpipe_mocks.faults import FaultConfig, FaultInjector, FaultKind, Service
+from docpipe_mocks.faults import Fault, FaultConfig, FaultInjector, FaultKind, Service
 from docpipe_mocks.llamaparse import Extractor, LlamaParseSettings, read_text
 from docpipe_mocks.openai import OpenAISettings
+from docpipe_mocks.quotas import QuotaConfig, QuotaState, bearer_key, ratelimit_headers
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class MockConfig(BaseModel):
     llamaparse: LlamaParseSettings = LlamaParseSettings()
     openai: OpenAISettings = OpenAISettings()
     faults: FaultConfig = FaultConfig()
+    quotas: QuotaConfig = QuotaConfig()
     # Uploads to the parser are whole documents, far above aiohttp's 1 MiB default.
     max_body_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
 
@@ -61,6 +67,7 @@ def _openai_error(status: int, message: str, headers: Mapping[str, str] | None) 
 
 
 INJECTOR = web.AppKey("fault_injector", FaultInjector)
+QUOTAS = web.AppKey("quotas", QuotaState)
 STATS = web.AppKey("request_stats", Counter[tuple[str, str]])
 # Requests per X-Request-ID seen, for checking that clients pass their correlation id along;
 # bounded so a long-running mock does not grow without end (oldest ids are forgotten first).
@@ -128,6 +135,18 @@ async def _inject_faults(request: web.Request, handler: Handler) -> web.StreamRe
     fault = request.app[INJECTOR].next_fault(service.name)
     if fault.delay_seconds > 0:
         await asyncio.sleep(fault.delay_seconds)
+    if fault.kind is FaultKind.NONE:
+        return await handler(request)
+    response = await _injected(request, service, fault)
+    if service.name == "openai":
+        # An injected answer spends no quota but, like every answer, shows the budget.
+        key = bearer_key(request.headers.get("Authorization"))
+        state = request.app[QUOTAS].peek_openai(key, time.monotonic())
+        response.headers.update(ratelimit_headers(state))
+    return response
+
+
+async def _injected(request: web.Request, service: _ServiceRoute, fault: Fault) -> web.Response:
     match fault.kind:
         case FaultKind.ERROR:
             return service.error(500, "The mock server injected an internal error.", None)
@@ -144,7 +163,7 @@ async def _inject_faults(request: web.Request, handler: Handler) -> web.StreamRe
         case FaultKind.WRONG_SHAPE:
             return web.json_response({"unexpected": "shape", "data": None})
         case FaultKind.NONE:
-            return await handler(request)
+            raise AssertionError("a request without a fault goes to its handler")
 
 
 def _field_errors(error: ValidationError) -> list[dict[str, str]]:
@@ -169,12 +188,35 @@ async def _put_faults(request: web.Request) -> web.Response:
     return web.json_response(config.model_dump(mode="json"))
 
 
+async def _get_quotas(request: web.Request) -> web.Response:
+    return web.json_response(request.app[QUOTAS].config.model_dump(mode="json"))
+
+
+async def _put_quotas(request: web.Request) -> web.Response:
+    reset = request.query.get("reset", "false").lower()
+    if reset not in ("true", "false", "1", "0"):
+        body = {
+            "error": "invalid quota configuration",
+            "fields": [{"field": "reset", "message": "must be true or false"}],
+        }
+        return web.json_response(body, status=422)
+    try:
+        config = QuotaConfig.model_validate_json(await request.read())
+    except ValidationError as error:
+        body = {"error": "invalid quota configuration", "fields": _field_errors(error)}
+        return web.json_response(body, status=422)
+    request.app[QUOTAS].configure(config, time.monotonic(), reset=reset in ("true", "1"))
+    _log.info("quotas replaced (reset=%s): %s", reset, config.model_dump_json())
+    return web.json_response(config.model_dump(mode="json"))
+
+
 async def _get_stats(request: web.Request) -> web.Response:
     requests: dict[str, dict[str, int]] = {}
     for (endpoint, status), count in sorted(request.app[STATS].items()):
         requests.setdefault(endpoint, {})[status] = count
     request_ids: dict[str, int] = dict(request.app[REQUEST_IDS].items())
-    return web.json_response({"requests": requests, "request_ids": request_ids})
+    quotas = request.app[QUOTAS].report(time.monotonic())
+    return web.json_response({"requests": requests, "request_ids": request_ids, "quotas": quotas})
 
 
 def build_app(config: MockConfig, extract: Extractor = read_text) -> web.Application:
@@ -184,6 +226,7 @@ def build_app(config: MockConfig, extract: Extractor = read_text) -> web.Applica
         middlewares=[_count_requests, _inject_faults], client_max_size=config.max_body_bytes
     )
     app[INJECTOR] = FaultInjector(config.faults)
+    app[QUOTAS] = QuotaState(config.quotas)
     app[STATS] = Counter()
     app[REQUEST_IDS] = Counter[str]()
     app[STOPPING] = asyncio.Event()
@@ -193,10 +236,12 @@ def build_app(config: MockConfig, extract: Extractor = read_text) -> web.Applica
         ),
         _ServiceRoute("openai", openai.PATH_PREFIX, config.openai.api_key, _openai_error),
     )
-    llamaparse.install(app, config.llamaparse, extract)
-    openai.install(app, config.openai)
+    llamaparse.install(app, config.llamaparse, extract, app[QUOTAS])
+    openai.install(app, config.openai, app[QUOTAS])
     app.router.add_get("/_admin/faults", _get_faults)
     app.router.add_put("/_admin/faults", _put_faults)
+    app.router.add_get("/_admin/quotas", _get_quotas)
+    app.router.add_put("/_admin/quotas", _put_quotas)
     app.router.add_get("/_admin/stats", _get_stats)
 
     async def release_hangs(app: web.Application) -> None:

@@ -66,10 +66,20 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return queries
 
 
+def textbox_values() -> dict[str, str]:
+    """The dashboard's free-text variables (prices) and their default values."""
+    return {
+        v["name"]: v["query"] for v in dashboard()["templating"]["list"] if v["type"] == "textbox"
+    }
+
+
 def as_promql(expr: str) -> str:
     """A dashboard expression as Prometheus receives it: Grafana's variables substituted."""
     for name, value in GRAFANA_BUILTINS.items():
         expr = expr.replace(name, value)
+    # Free-text variables (prices) are numbers in the expression, not matchers.
+    for name, value in textbox_values().items():
+        expr = re.sub(rf"\$\{{?{name}\}}?(?![a-z_])", value, expr)
     # Multi-value variables become regex alternatives inside =~ matchers.
     return re.sub(r"\$\{?([a-z_]+)\}?", lambda m: "a|b" if m.group(1) != "1" else "$1", expr)
 
@@ -80,7 +90,7 @@ def test_rules_pass_promtool_check(
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule_groups(render)), encoding="utf-8")
     done = run([promtool, "check", "rules", str(rules)])
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 7 rules found" in done.stdout
 
 
 def test_alerts_pass_their_promtool_unit_tests(
@@ -121,6 +131,8 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not(
         "DocpipeDeadJobsRising",
         "DocpipeErrorRatioHigh",
         "DocpipeWorkersNotReady",
+        "DocpipeQuotaSaturated",
+        "DocpipeQuotaHeld",
         "DocpipeOperatorDown",
     }
     assert alerts - firing == set(), "alerts never tested firing"
@@ -189,7 +201,7 @@ def test_every_metric_in_the_dashboard_is_exported() -> None:
     unknown = {
         (where, name)
         for where, expr in dashboard_queries()
-        for name in metric_names(expr)
+        for name in metric_names(as_promql(expr))
         if not known_metric(name)
     }
     assert unknown == set()
@@ -258,3 +270,20 @@ def test_dashboard_shows_replicas_desired_and_ready_and_stage_latency() -> None:
         "docpipe_queue_oldest_ready_age_seconds",
     ):
         assert needed in exprs
+
+
+def test_dashboard_shows_quotas_waits_429s_holds_and_cost() -> None:
+    exprs = " ".join(expr for _, expr in dashboard_queries())
+    for spec in (
+        metrics.QUOTA_LIMIT_PER_MINUTE,
+        metrics.QUOTA_USED,
+        metrics.QUOTA_WAIT_SECONDS,
+        metrics.QUOTA_RATE_LIMITED,
+        metrics.QUOTA_HELD,
+        metrics.USAGE_TOKENS,
+        metrics.USAGE_PAGES,
+    ):
+        assert spec.sample_name in exprs, spec.name
+    assert {"price_per_million_tokens", "price_per_thousand_pages"} <= textbox_values().keys()
+    assert "$price_per_million_tokens" in exprs
+    assert "$price_per_thousand_pages" in exprs

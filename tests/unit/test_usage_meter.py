@@ -40,4 +40,4 @@ async def test_concurrent_meters_do_not_share_totals() -> None:
             await asyncio.sleep(0)
         return meter.tokens
 
-    assert await asyncio.gather(job(1), job(2)) == [1, 2]
+    assert list(await asyncio.gather(job(1), job(2))) == [1, 2]

@@ -21,21 +21,19 @@ from docpipe_contracts.errors import LeaseLostError, PermanentError, TransientEr
 from docpipe_ingest import metrics
 from docpipe_ingest.chunking import Chunk, chunk_markdown
 from docpipe_ingest.extraction import EmptyDocumentError
+from docpipe_providers import metrics as provider_metrics
+from docpipe_providers import usage
+from docpipe_providers.embeddings import Embedder
+from docpipe_queue import document_usage, queries
 from docpipe_queue.consumer import Outcome
 from docpipe_queue.jobs import ClaimedJob
 from docpipe_queue.migrator import embedding_column_dimensions
 
 log = logging.getLogger(__name__)
 
-STAGES = ("load", "parse", "chunk", "embed", "store")
-
 
 class Parser(Protocol):
     async def parse(self, data: bytes, *, filename: str, content_type: str) -> str: ...
-
-
-class Embedder(Protocol):
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,24 +97,29 @@ class IngestPipeline:
         timer = _StageTimer(job.pipeline, self.revision)
         with timer.stage("load"):
             doc = await self._load(job.document_id)
-        with timer.stage("parse"):
-            text = await self.parser.parse(
-                doc.content, filename=doc.filename, content_type=doc.content_type
-            )
-        with timer.stage("chunk"):
-            chunks = chunk_markdown(
-                text, max_chars=self.chunking.max_chars, overlap_chars=self.chunking.overlap_chars
-            )
-        if not chunks:
-            raise EmptyDocumentError(
-                f"{doc.filename}: no text to index after parsing", filename=doc.filename
-            )
-        with timer.stage("embed"):
-            vectors = await self.embedder.embed([c.text for c in chunks])
+        # What the providers report for this job's parse and embed requests (cost accounting).
+        with usage.metering() as meter:
+            with timer.stage("parse"):
+                text = await self.parser.parse(
+                    doc.content, filename=doc.filename, content_type=doc.content_type
+                )
+            with timer.stage("chunk"):
+                chunks = chunk_markdown(
+                    text,
+                    max_chars=self.chunking.max_chars,
+                    overlap_chars=self.chunking.overlap_chars,
+                )
+            if not chunks:
+                raise EmptyDocumentError(
+                    f"{doc.filename}: no text to index after parsing", filename=doc.filename
+                )
+            with timer.stage("embed"):
+                vectors = await self.embedder.embed([c.text for c in chunks])
         self._check_vectors(vectors, len(chunks))
         with timer.stage("store"):
             async with self._store_slots:
-                await self._store(job, doc, chunks, vectors)
+                await self._store(job, doc, chunks, vectors, meter)
+        _count_usage(job.pipeline, meter)
         log.info(
             "document processed",
             extra={
@@ -125,6 +128,7 @@ class IngestPipeline:
                 "correlation_id": job.correlation_id,
                 "chunks": len(chunks),
                 "stages_ms": timer.millis(),
+                "usage": {"tokens": meter.tokens, "pages": meter.pages, "model": meter.model},
             },
         )
         return Outcome.COMPLETED
@@ -158,63 +162,49 @@ class IngestPipeline:
         doc: StoredDocument,
         chunks: Sequence[Chunk],
         vectors: Sequence[Sequence[float]],
+        meter: usage.Usage,
     ) -> None:
-        # One statement, so one round trip and atomic by itself: it takes the job row under our
-        # lease (a cancel or rescue that got there first wins; one that comes later waits),
-        # replaces the document's chunks, marks the document processed and completes the job.
-        stored = await self.pool.fetchval(
-            STORE,
-            job.id,
-            job.lease.token,
-            job.document_id,
-            job.pipeline,
-            doc.owner,
-            [c.ordinal for c in chunks],
-            [c.text for c in chunks],
-            [c.heading for c in chunks],
-            [c.char_start for c in chunks],
-            [c.char_end for c in chunks],
-            [Vector(list(v)) for v in vectors],
-        )
+        # One statement, atomic by itself: see queries.STORE_AND_COMPLETE. The document's usage
+        # goes in the same transaction, only when the store held the lease.
+        assert job.document_id is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored = await conn.fetchval(
+                STORE,
+                job.id,
+                job.lease.token,
+                job.document_id,
+                job.pipeline,
+                doc.owner,
+                [c.ordinal for c in chunks],
+                [c.text for c in chunks],
+                [c.heading for c in chunks],
+                [c.char_start for c in chunks],
+                [c.char_end for c in chunks],
+                [Vector(list(v)) for v in vectors],
+            )
+            if stored is not None:
+                await document_usage.record(
+                    conn,
+                    job.document_id,
+                    pipeline=job.pipeline,
+                    owner=doc.owner,
+                    usage=document_usage.DocumentUsage(
+                        meter.tokens, meter.pages, meter.requests, meter.model
+                    ),
+                )
         if stored is None:
             raise LeaseLostError(f"job {job.id} lost its lease before its chunks were stored")
 
 
-# The insert reads the delete's output, which makes Postgres finish the delete first: the new
-# chunks never meet the old ones in the unique index.
-STORE = """
-with held as (
-    select id from docpipe.jobs
-    where id = $1 and lease_token = $2 and status = 'running'
-    for update
-),
-removed as (
-    delete from docpipe.chunks
-    where document_id = $3 and exists (select 1 from held)
-    returning 1
-),
-inserted as (
-    insert into docpipe.chunks
-        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
-    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
-    from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
-        as c(ordinal, content, heading, char_start, char_end, embedding)
-    where exists (select 1 from held) and (select count(*) from removed) >= 0
-    returning 1
-),
-document as (
-    update docpipe.documents
-    set status = 'processed', chunk_count = (select count(*) from inserted), error = null,
-        processed_at = now(), updated_at = now()
-    where id = $3 and exists (select 1 from held)
-),
-completed as (
-    update docpipe.jobs
-    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
-    where id in (select id from held)
-)
-select (select count(*) from inserted) from held
-"""
+# The statement lives with the queue's other statements that change a job (it completes the job).
+STORE = queries.STORE_AND_COMPLETE
+
+
+def _count_usage(pipeline: str, meter: usage.Usage) -> None:
+    """The job's provider usage into the usage counters, once its document is stored."""
+    if meter.model is not None:
+        provider_metrics.USAGE_TOKENS.labels(pipeline, meter.model).inc(meter.tokens)
+    provider_metrics.USAGE_PAGES.labels(pipeline).inc(meter.pages)
 
 
 class _StageTimer:

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
@@ -19,6 +21,9 @@ from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline, Parser
 from docpipe_ingest.settings import WorkerSettings
 from docpipe_providers.embeddings import OpenAIEmbedder
 from docpipe_providers.llamaparse import LlamaParseClient
+from docpipe_providers.quota import LocalBudget, QuotaKey, QuotaLimits, hash_api_key
+from docpipe_providers.quota_calls import QuotaGate
+from docpipe_providers.shared_budget import SharedBudget
 from docpipe_queue import metrics, statistics
 from docpipe_queue.consumer import Consumer, ConsumerConfig
 from docpipe_queue.database import WORKER_SESSION, create_pool, resolve_database_url
@@ -35,7 +40,93 @@ def _secret(value: object) -> str:
     return str(get()) if get is not None else ""
 
 
-def build_parser(settings: WorkerSettings, session: aiohttp.ClientSession) -> Parser:
+def _openai_key(settings: WorkerSettings) -> str:
+    return _secret(settings.openai_api_key) or "unset"
+
+
+# LlamaParse limits uploads per organisation (key), whatever the parsing mode: one quota per key.
+LLAMAPARSE_QUOTA_MODEL = "upload"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderQuotas:
+    """The worker's quota gates: one budget per provider key and model (ADR 0005)."""
+
+    openai: QuotaGate | None
+    llamaparse: QuotaGate | None
+
+    async def aclose(self) -> None:
+        """Hand back the unspent part of the budgets' current slices."""
+        for gate in (self.openai, self.llamaparse):
+            close = getattr(gate.budget, "aclose", None) if gate is not None else None
+            if close is not None:
+                await close()
+
+
+def build_quota_gate(
+    settings: WorkerSettings,
+    pool: asyncpg.Pool,
+    *,
+    provider: str,
+    api_key: str,
+    model: str,
+    limits: QuotaLimits,
+) -> QuotaGate:
+    """The gate of one quota: shared by every worker using the same key and model through the
+    database (`DOCPIPE_QUOTA_MODE=shared`, the row key is the key's hash), or this worker's own."""
+    key = QuotaKey(provider, hash_api_key(api_key), model)
+    budget: LocalBudget | SharedBudget = (
+        SharedBudget(pool, key, limits) if settings.quota_mode == "shared" else LocalBudget(limits)
+    )
+    return QuotaGate(budget, key, pipeline=settings.pipeline, hold_s=settings.quota_hold_seconds)
+
+
+def build_quotas(settings: WorkerSettings, pool: asyncpg.Pool) -> ProviderQuotas:
+    """The quota gates the settings ask for (limits unset: learned from the headers); none with
+    `DOCPIPE_QUOTA_MODE=off`."""
+    if settings.quota_mode == "off":
+        return ProviderQuotas(None, None)
+    openai = build_quota_gate(
+        settings,
+        pool,
+        provider="openai",
+        api_key=_openai_key(settings),
+        model=settings.embedding_model,
+        limits=QuotaLimits(settings.openai_requests_per_minute, settings.openai_tokens_per_minute),
+    )
+    llamaparse = None
+    if settings.parser == "llamaparse":
+        llamaparse = build_quota_gate(
+            settings,
+            pool,
+            provider="llamaparse",
+            api_key=_secret(settings.llama_cloud_api_key),
+            model=LLAMAPARSE_QUOTA_MODEL,
+            limits=QuotaLimits(settings.llamaparse_uploads_per_minute, None),
+        )
+    return ProviderQuotas(openai, llamaparse)
+
+
+@contextlib.asynccontextmanager
+async def provider_quotas(
+    settings: WorkerSettings, pool: asyncpg.Pool
+) -> AsyncIterator[ProviderQuotas]:
+    """`build_quotas`, with the budgets' slices handed back at the end."""
+    quotas = build_quotas(settings, pool)
+    try:
+        yield quotas
+    finally:
+        try:
+            await quotas.aclose()
+        except Exception as exc:  # the slices expire by themselves within seconds
+            log.warning("could not hand back quota slices: %s", exc)
+
+
+def build_document_parser(
+    settings: WorkerSettings,
+    session: aiohttp.ClientSession,
+    quota: QuotaGate | None = None,
+) -> Parser:
     """The parser the settings ask for."""
     if settings.parser == "llamaparse":
         return LlamaParseClient(
@@ -44,20 +135,26 @@ def build_parser(settings: WorkerSettings, session: aiohttp.ClientSession) -> Pa
             base_url=settings.llamaparse_base_url,
             poll_interval=settings.llamaparse_poll_seconds,
             request_timeout=settings.request_timeout_seconds,
+            quota=quota,
         )
     return LocalParser()
 
 
-def build_embedder(settings: WorkerSettings, session: aiohttp.ClientSession) -> OpenAIEmbedder:
+def build_embedder(
+    settings: WorkerSettings,
+    session: aiohttp.ClientSession,
+    quota: QuotaGate | None = None,
+) -> OpenAIEmbedder:
     return OpenAIEmbedder(
         session,
-        api_key=_secret(settings.openai_api_key) or "unset",
+        api_key=_openai_key(settings),
         model=settings.embedding_model,
         dimensions=settings.embedding_dimensions,
         base_url=settings.openai_base_url,
         max_batch_inputs=settings.embedding_batch_size,
         max_concurrency=settings.embedding_concurrency or settings.concurrency,
         request_timeout=settings.request_timeout_seconds,
+        quota=quota,
     )
 
 
@@ -98,11 +195,14 @@ async def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -
             )
         timeout = aiohttp.ClientTimeout(total=None, connect=settings.request_timeout_seconds)
         connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
+            provider_quotas(settings, pool) as quotas,
+        ):
             pipeline = IngestPipeline(
                 pool,
-                build_parser(settings, session),
-                build_embedder(settings, session),
+                build_document_parser(settings, session, quotas.llamaparse),
+                build_embedder(settings, session, quotas.openai),
                 chunking=ChunkingConfig(settings.chunk_max_chars, settings.chunk_overlap_chars),
                 dimensions=settings.embedding_dimensions,
                 revision=settings.revision,

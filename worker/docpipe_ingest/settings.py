@@ -61,6 +61,18 @@ class WorkerSettings(BaseSettings):
     # Chunk stores in flight at once per worker: HNSW inserts contend for the index's pages.
     store_concurrency: int = Field(2, ge=1, le=64)
 
+    # Provider quotas (ADR 0005). Unset: learned from the provider's headers (OpenAI), else none.
+    openai_requests_per_minute: int | None = Field(None, ge=1)
+    openai_tokens_per_minute: int | None = Field(None, ge=1)
+    llamaparse_uploads_per_minute: int | None = Field(None, ge=1)
+    # shared: one budget per provider key and model for the whole fleet, kept in the worker's
+    # database; local: each worker limits only itself (a single worker, or a quota of its own);
+    # off: no budget, and a 429 is a failed attempt of the job, as before quotas existed (kept only
+    # to measure against: bench/quota.py).
+    quota_mode: Literal["shared", "local", "off"] = "shared"
+    # How long the provider's work waits between tries while it answers insufficient_quota.
+    quota_hold_seconds: float = Field(30.0, gt=0, le=3600)
+
     chunk_max_chars: int = Field(1500, ge=100, le=100_000)
     chunk_overlap_chars: int = Field(200, ge=0)
 

@@ -1,5 +1,5 @@
-"""A client of the OpenAI embeddings API: batches texts, embeds them concurrently, checks the
-vectors fit the database column."""
+"""A client of the OpenAI embeddings API: batches texts, embeds them concurrently within the
+quota, checks the vectors fit the database column."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import asyncio
 import base64
 import binascii
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
 import aiohttp
 from pydantic import BaseModel
 
 from docpipe_contracts.errors import JobError, PermanentError, TransientError
+from docpipe_providers import usage
 from docpipe_providers.external_requests import request_model
+from docpipe_providers.quota_calls import QuotaGate, estimate_tokens
 
 SERVICE = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -28,6 +31,12 @@ DEFAULT_MAX_BATCH_CHARS = 300_000
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
 
+class Embedder(Protocol):
+    """What the ingest pipeline and the intake API's search need of an embeddings client."""
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
 class _Embedding(BaseModel):
     index: int
     # base64 (little-endian float32) when we asked for it; a list from servers that ignore
@@ -35,8 +44,23 @@ class _Embedding(BaseModel):
     embedding: list[float] | str
 
 
+class _Usage(BaseModel):
+    prompt_tokens: int | None = None
+    total_tokens: int | None = None
+
+
 class _EmbeddingList(BaseModel):
     data: list[_Embedding]
+    usage: _Usage | None = None
+
+    @property
+    def tokens(self) -> int | None:
+        """The tokens the provider billed for the request, when it said."""
+        if self.usage is None:
+            return None
+        if self.usage.total_tokens is not None:
+            return self.usage.total_tokens
+        return self.usage.prompt_tokens
 
 
 def plan_batches(lengths: Sequence[int], *, max_inputs: int, max_chars: int) -> list[range]:
@@ -97,9 +121,14 @@ class OpenAIEmbedder:
         max_concurrency: int = 4,
         request_timeout: float = 60.0,
         send_dimensions: bool = True,
+        quota: QuotaGate | None = None,
     ) -> None:
         """`send_dimensions=False` omits `dimensions` for models that refuse it (ada-002); the
-        vectors must then have `dimensions` components natively."""
+        vectors must then have `dimensions` components natively.
+
+        With a `quota`, each request first waits for its budget (1 request, its inputs' estimated
+        tokens), and a 429 waits and is sent again instead of raising (see `quota_calls`);
+        without one (the intake API's searches), a 429 raises `TransientError`."""
         for name, value in (
             ("dimensions", dimensions),
             ("max_batch_inputs", max_batch_inputs),
@@ -121,6 +150,7 @@ class OpenAIEmbedder:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._request_timeout = request_timeout
         self._send_dimensions = send_dimensions
+        self._quota = quota
 
     @property
     def dimensions(self) -> int:
@@ -158,8 +188,10 @@ class OpenAIEmbedder:
         }
         if self._send_dimensions:
             body["dimensions"] = self._dimensions
-        async with self._slots:
-            response = await request_model(
+        quota = self._quota
+
+        def send() -> Awaitable[_EmbeddingList]:
+            return request_model(
                 self._session,
                 "POST",
                 self._url,
@@ -168,7 +200,16 @@ class OpenAIEmbedder:
                 request_timeout=self._request_timeout,
                 headers=self._headers,
                 json_body=body,
+                headers_seen=quota.observe if quota is not None else None,
             )
+
+        async with self._slots:
+            if quota is None:
+                response = await send()
+            else:
+                response = await quota.call(send, requests=1, tokens=estimate_tokens(batch))
+        if response.tokens is not None:
+            usage.record_tokens(self._model, response.tokens)
         return self._vectors_in_order(response, len(batch))
 
     def _vectors_in_order(self, response: _EmbeddingList, count: int) -> list[list[float]]:

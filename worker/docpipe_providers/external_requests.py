@@ -1,15 +1,19 @@
 """One request to an external HTTP service: its timeout, its metric, and how its failures map to
-`TransientError` (retry later) or `PermanentError` (give up)."""
+`TransientError` (retry later) or `PermanentError` (give up). A 429 maps to one of two kinds of
+`TransientError`, `RateLimitedError` (wait and send again) or `QuotaExhaustedError` (no credit:
+hold the provider's work), which a client with a quota budget handles itself (`quota_calls`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -23,6 +27,100 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # How much of an unexpected error body goes into a message: enough to diagnose, not a page of HTML.
 _MAX_MESSAGE_CHARS = 300
+
+HeadersSeen = Callable[[Mapping[str, str]], None]
+
+
+class RateLimitedError(TransientError):
+    """A 429 that waiting cures (OpenAI's `rate_limit_exceeded`, or a 429 saying nothing more)."""
+
+
+class QuotaExhaustedError(TransientError):
+    """A 429 `insufficient_quota`: the account has no credit left; waiting alone cannot cure it."""
+
+
+RateLimitKind = Literal["rate_limited", "insufficient_quota"]
+
+
+def classify_rate_limit(body: bytes) -> RateLimitKind:
+    """What a 429 means, from its body: OpenAI's `insufficient_quota` (in `error.code` or
+    `error.type`), or else a rate limit (`rate_limit_exceeded`, no code, not JSON at all)."""
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        return "rate_limited"
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type")):
+        return "insufficient_quota"
+    return "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitHeaders:
+    """What OpenAI's `x-ratelimit-*` headers say; None where a header is missing or unreadable.
+
+    `limit_*` are the quota per minute (RPM, TPM), `remaining_*` what is left of it, `reset_*`
+    the seconds until it is whole again.
+    """
+
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|h|m|s)")
+_DURATION_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds in an OpenAI reset header: a Go-style duration (`1s`, `6m0s`, `20ms`, `1h2m3.5s`)
+    or a plain number of seconds."""
+    text = value.strip().lower()
+    if not text:
+        return None
+    plain = _non_negative_float(text)
+    if plain is not None:
+        return plain
+    total = 0.0
+    position = 0
+    for part in _DURATION_PART.finditer(text):
+        if part.start() != position:
+            return None
+        total += float(part.group(1)) * _DURATION_SECONDS[part.group(2)]
+        position = part.end()
+    return total if position == len(text) and position > 0 else None
+
+
+def _non_negative_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    number = _non_negative_float(value.strip())
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitHeaders:
+    """Read OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers."""
+
+    def reset(name: str) -> float | None:
+        value = headers.get(name)
+        return parse_duration(value) if value is not None else None
+
+    return RateLimitHeaders(
+        limit_requests=_positive(_non_negative_int(headers.get("x-ratelimit-limit-requests"))),
+        limit_tokens=_positive(_non_negative_int(headers.get("x-ratelimit-limit-tokens"))),
+        remaining_requests=_non_negative_int(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=_non_negative_int(headers.get("x-ratelimit-remaining-tokens")),
+        reset_requests_s=reset("x-ratelimit-reset-requests"),
+        reset_tokens_s=reset("x-ratelimit-reset-tokens"),
+    )
+
+
+def _positive(value: int | None) -> int | None:
+    # A limit of 0 says nothing usable (and would stop all work): treat it as unstated.
+    return value if value else None
 
 
 def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
@@ -98,9 +196,12 @@ async def request_model(
     headers: Mapping[str, str] | None = None,
     json_body: Any = None,
     data: Any = None,
+    headers_seen: HeadersSeen | None = None,
 ) -> ModelT:
     """Send one request to `service` within `request_timeout` seconds and return its 2xx body as
-    `response_model`; raise TransientError or PermanentError for every other outcome."""
+    `response_model`; raise TransientError or PermanentError for every other outcome (on a 429,
+    `RateLimitedError` or `QuotaExhaustedError`). `headers_seen` gets the headers of every
+    response, whatever its status (the quota headers come on 429s too)."""
     what = f"{method} {URL(url).path}"
     # The job's correlation id goes along, so the service's logs can be matched with ours.
     correlation_id = correlation.CURRENT.get()
@@ -127,6 +228,8 @@ async def request_model(
         raise TransientError(f"{service}: {what} failed: {exc or type(exc).__name__}") from exc
 
     status = response.status
+    if headers_seen is not None:
+        headers_seen(response.headers)
     if 200 <= status < 300:
         try:
             parsed = response_model.model_validate_json(body)
@@ -142,7 +245,12 @@ async def request_model(
     _count(service, str(status))
     message = f"{service}: {what} returned {status} {response.reason or ''}".rstrip()
     message = f"{message}: {service_message(body)}"
-    if status in (408, 429) or status >= 500:
+    if status == 429:
+        retry_after = parse_retry_after(response.headers)
+        if classify_rate_limit(body) == "insufficient_quota":
+            raise QuotaExhaustedError(message, retry_after=retry_after)
+        raise RateLimitedError(message, retry_after=retry_after)
+    if status == 408 or status >= 500:
         raise TransientError(message, retry_after=parse_retry_after(response.headers))
     if 400 <= status < 500:
         raise PermanentError(message, status=status)
