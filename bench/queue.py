@@ -3,6 +3,9 @@ run on one embedded Postgres server, each system in its own database, one after 
 
 For each system: the time to enqueue N jobs in one batch call, and the time for one consumer to
 drain N no-op jobs (until the database shows every job finished). Figures are jobs per second.
+docpipe drains with fair claims (ADR 0006) on and off, alternately, and then runs the fairness
+scenario: owner A holds N queued jobs that take a little time each while owners B to E add one job
+each per second; the p95 wait of B to E's jobs, fair claims on vs off.
 
     python bench/queue.py            # a table on stdout
     python bench/queue.py --json     # one JSON object on stdout; logs go to stderr
@@ -25,11 +28,14 @@ if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(
 import argparse
 import asyncio
 import atexit
+import contextlib
 import importlib.metadata
+import itertools
 import json
 import logging
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,6 +66,10 @@ TARGET_ENQUEUE_RATIO = 1.0
 # cheap enough (an in-process read, no query) not to slow the consumer it shares the loop with.
 POLL_S = 0.005
 SYSTEMS = ("docpipe", "pgqueuer", "procrastinate")
+# Fair claims: at most this share of the drain rate lost, and the small owners' p95 wait (s).
+TARGET_FAIR_DRAIN_RATIO = 0.9
+TARGET_FAIR_P95_WAIT_S = 2.0
+SMALL_OWNERS = ("B", "C", "D", "E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,10 @@ class Options:
     procrastinate_concurrency: int
     procrastinate_budget_s: float
     rounds: int = 1
+    fairness_jobs: int = DEFAULT_JOBS
+    fairness_job_s: float = 0.02
+    fairness_concurrency: int = 100
+    fairness_batch_size: int = 100
 
 
 class BenchmarkError(Exception):
@@ -189,7 +203,7 @@ def docpipe_succeeded(pipeline: str, revision: str) -> float:
 
 
 async def docpipe_once(
-    pool: asyncpg.Pool, url: str, n: int, opts: Options, label: str
+    pool: asyncpg.Pool, url: str, n: int, opts: Options, label: str, *, fair: bool = True
 ) -> Measurement:
     pipeline = f"bench-{label}"
     config = ConsumerConfig(
@@ -197,9 +211,11 @@ async def docpipe_once(
         concurrency=opts.docpipe_concurrency,
         batch_size=opts.docpipe_batch_size,
         ack_batch=opts.docpipe_ack_batch,
+        fair_claims=fair,
         revision=label,
     )
-    jobs = [NewJob(pipeline=pipeline)] * n
+    # One owner: the single-owner drain, where fair claims can only cost.
+    jobs = [NewJob(pipeline=pipeline, owner="A")] * n
 
     started = time.perf_counter()
     ids = await docpipe_queue.enqueue(pool, jobs)
@@ -236,7 +252,7 @@ async def docpipe_once(
         raise BenchmarkError(f"docpipe left the jobs in states {found}, expected {n} succeeded")
     setting = (
         f"concurrency={config.concurrency} batch_size={config.batch_size} "
-        f"ack_batch={config.ack_batch}"
+        f"ack_batch={config.ack_batch} fair_claims={'on' if fair else 'off'}"
     )
     return Measurement(
         "docpipe",
@@ -245,6 +261,7 @@ async def docpipe_once(
         enqueue_s,
         drain_s,
         {
+            "fair_claims": fair,
             "concurrency": config.concurrency,
             "batch_size": config.batch_size,
             "ack_batch": config.ack_batch,
@@ -256,6 +273,9 @@ async def docpipe_once(
             "stop_s": round(stop_s, 4),
         },
     )
+
+
+_DOCPIPE_ROUNDS = itertools.count()
 
 
 async def bench_docpipe(admin_url: str, opts: Options) -> list[Measurement]:
@@ -272,20 +292,31 @@ async def bench_docpipe(admin_url: str, opts: Options) -> list[Measurement]:
     worker_session: dict[str, str] | None = getattr(database, "WORKER_SESSION", None)
     if worker_session:
         sessions.append(("worker session", dict(worker_session)))
+    # Fair claims on (the default) and off (the order before them), on the default session: the
+    # single-owner drain's cost of fairness, measured in the same round.
+    # Which of the two goes first alternates between rounds: the first docpipe run of a round
+    # follows PgQueuer's runs, whose leftovers (its own vacuum, the page cache) it may pay for.
+    first_fair = next(_DOCPIPE_ROUNDS) % 2 == 0
+    runs: list[tuple[str, dict[str, str] | None, bool]] = [
+        (name, server_settings, fair)
+        for k, (name, server_settings) in enumerate(sessions)
+        for fair in ((first_fair, not first_fair) if k == 0 else (True,))
+    ]
     results: list[Measurement] = []
-    for k, (name, server_settings) in enumerate(sessions):
+    for k, (name, server_settings, fair) in enumerate(runs):
         # As docpipe's create_pool builds it (its codecs on every connection), with the session.
         pool = await asyncpg.create_pool(
             url, min_size=1, max_size=10, init=init_connection, server_settings=server_settings
         )
         assert pool is not None
+        fairness = f"fair claims {'on' if fair else 'off'}"
         try:
             if opts.warmup:
-                log.info("docpipe (%s): warm-up with %d jobs", name, opts.warmup)
-                await docpipe_once(pool, url, opts.warmup, opts, f"warmup{k}")
+                log.info("docpipe (%s, %s): warm-up with %d jobs", name, fairness, opts.warmup)
+                await docpipe_once(pool, url, opts.warmup, opts, f"warmup{k}", fair=fair)
             await settle(url, ["docpipe.jobs"])
-            log.info("docpipe (%s): %d jobs", name, opts.jobs)
-            result = await docpipe_once(pool, url, opts.jobs, opts, f"measured{k}")
+            log.info("docpipe (%s, %s): %d jobs", name, fairness, opts.jobs)
+            result = await docpipe_once(pool, url, opts.jobs, opts, f"measured{k}", fair=fair)
         finally:
             await pool.close()
         settings_text = ", ".join(f"{key}={v}" for key, v in (server_settings or {}).items())
@@ -299,13 +330,132 @@ async def bench_docpipe(admin_url: str, opts: Options) -> list[Measurement]:
             {**result.details, "session": name, "server_settings": server_settings or {}},
         )
         log.info(
-            "docpipe (%s): enqueue %.0f jobs/s, drain %.0f jobs/s",
+            "docpipe (%s, %s): enqueue %.0f jobs/s, drain %.0f jobs/s",
             name,
+            fairness,
             result.enqueue_per_s,
             result.drain_per_s,
         )
         results.append(result)
         await settle(url, ["docpipe.jobs"])
+    return results
+
+
+# -- docpipe: fairness between owners ----------------------------------------------------------
+
+
+def p95(values: Sequence[float]) -> float:
+    """The 95th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
+
+
+async def fairness_once(
+    pool: asyncpg.Pool, url: str, opts: Options, *, fair: bool
+) -> dict[str, Any]:
+    """Owner A's backlog of `fairness_jobs` jobs of `fairness_job_s` each, while owners B to E
+    add one job each per second until the backlog is gone: how long B to E's jobs wait."""
+    label = "fair" if fair else "fifo"
+    pipeline = f"owners-{label}"
+    config = ConsumerConfig(
+        pipeline=pipeline,
+        concurrency=opts.fairness_concurrency,
+        batch_size=opts.fairness_batch_size,
+        ack_batch=opts.docpipe_ack_batch,
+        fair_claims=fair,
+        revision=f"owners-{label}",
+    )
+    n = opts.fairness_jobs
+    await docpipe_queue.enqueue(pool, [NewJob(pipeline=pipeline, owner="A")] * n)
+    handled: dict[int, int] = {}
+    waits: list[float] = []
+    backlog_left = n
+    backlog_done = asyncio.Event()
+
+    async def handler(job: ClaimedJob) -> None:
+        nonlocal backlog_left
+        handled[job.id] = handled.get(job.id, 0) + 1
+        if job.owner == "A":
+            backlog_left -= 1
+            if backlog_left == 0:
+                backlog_done.set()
+        else:
+            # Enqueued by this process: wall-clock time on both ends.
+            waits.append(time.time() - float(job.payload["t"]))
+        await asyncio.sleep(opts.fairness_job_s)
+
+    consumer = Consumer(pool, handler, config)
+    started = time.perf_counter()
+    run = asyncio.create_task(consumer.run(), name=f"docpipe-consumer-{label}")
+    small = 0
+    deadline = started + opts.timeout_s
+    while not backlog_done.is_set():
+        if run.done():
+            raise BenchmarkError(f"docpipe consumer stopped early: {run.exception()!r}")
+        if time.perf_counter() > deadline:
+            consumer.stop()
+            raise BenchmarkError(f"owner A's backlog not drained within {opts.timeout_s:.0f} s")
+        jobs = [
+            NewJob(pipeline=pipeline, owner=owner, payload={"t": time.time()})
+            for owner in SMALL_OWNERS
+        ]
+        await docpipe_queue.enqueue(pool, jobs)
+        small += len(jobs)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(backlog_done.wait(), 1.0)
+    backlog_s = time.perf_counter() - started
+    while len(waits) < small:
+        if time.perf_counter() > deadline:
+            consumer.stop()
+            raise BenchmarkError("the small owners' jobs did not finish")
+        await asyncio.sleep(POLL_S)
+    consumer.stop()
+    await bounded("docpipe Consumer.run() after stop()", run, 30.0)
+    found = await statuses(
+        url,
+        "select status, count(*) from docpipe.jobs where pipeline = $1 group by status",
+        pipeline,
+    )
+    if found != {"succeeded": n + small} or any(c != 1 for c in handled.values()):
+        raise BenchmarkError(f"fairness run ({label}) left {found}, or ran a job twice")
+    log.info(
+        "docpipe owners (fair claims %s): A's %d jobs in %.1f s; B-E's %d jobs waited p95 %.3f s",
+        "on" if fair else "off",
+        n,
+        backlog_s,
+        small,
+        p95(waits),
+    )
+    return {
+        "fair_claims": fair,
+        "backlog_jobs": n,
+        "backlog_drain_s": round(backlog_s, 3),
+        "small_owner_jobs": small,
+        "small_owner_p95_wait_s": round(p95(waits), 3),
+        "small_owner_median_wait_s": round(statistics.median(waits), 3),
+        "small_owner_max_wait_s": round(max(waits), 3),
+        "job_s": opts.fairness_job_s,
+        "concurrency": config.concurrency,
+        "batch_size": config.batch_size,
+    }
+
+
+async def bench_fairness(admin_url: str, opts: Options) -> list[dict[str, Any]]:
+    url = await create_database(admin_url, "bench_docpipe_owners")
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=10, init=init_connection)
+    assert pool is not None
+    results = []
+    try:
+        for fair in (True, False):
+            await settle(url, ["docpipe.jobs"])
+            results.append(await fairness_once(pool, url, opts, fair=fair))
+    finally:
+        await pool.close()
     return results
 
 
@@ -571,7 +721,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summarize(
-    results: list[Measurement], opts: Options, postgres: str, loop: str
+    results: list[Measurement],
+    opts: Options,
+    postgres: str,
+    loop: str,
+    fairness: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The JSON report: headline figures first, then every measurement and the settings."""
 
@@ -580,21 +734,52 @@ def summarize(
 
     docpipe, pgq, procr = pick("docpipe"), pick("PgQueuer"), pick("Procrastinate")
     best_pgq = max(pgq, key=lambda r: r.drain_per_s) if pgq else None
-    # The first docpipe row runs on the same session settings as the other systems.
-    docpipe_drain = docpipe[0].drain_per_s if docpipe else None
-    docpipe_enqueue = docpipe[0].enqueue_per_s if docpipe else None
-    worker = docpipe[1] if len(docpipe) > 1 else None
+    # The headline docpipe row runs on the same session settings as the other systems, with fair
+    # claims on (the default); the same session with them off gives the cost of fairness.
+    default_session = [r for r in docpipe if r.details.get("session") == "default session"]
+    fair_row = next((r for r in default_session if r.details.get("fair_claims")), None)
+    fifo_row = next((r for r in default_session if not r.details.get("fair_claims")), None)
+    docpipe_drain = fair_row.drain_per_s if fair_row else None
+    docpipe_enqueue = fair_row.enqueue_per_s if fair_row else None
+    worker = next((r for r in docpipe if r.details.get("session") == "worker session"), None)
     pgq_drain = best_pgq.drain_per_s if best_pgq else None
     # The best of PgQueuer's enqueues: the stricter reference for docpipe's enqueue target.
     pgq_enqueue = max(r.enqueue_per_s for r in pgq) if pgq else None
     drain_ratio = ratio(docpipe_drain, pgq_drain)
     enqueue_ratio = ratio(docpipe_enqueue, pgq_enqueue)
+    fifo_drain = fifo_row.drain_per_s if fifo_row else None
+    fair_drain_ratio = ratio(docpipe_drain, fifo_drain)
+    # The same ratio within each round (the two ran back to back): steadier than the ratio of
+    # the two best rounds when the load on a shared machine drifts between rounds.
+    fair_by_round: list[float] = []
+    if fair_row and fifo_row and "drain_per_s_by_round" in fair_row.details:
+        fair_by_round = [
+            round(a / b, 3)
+            for a, b in zip(
+                fair_row.details["drain_per_s_by_round"],
+                fifo_row.details["drain_per_s_by_round"],
+                strict=True,
+            )
+        ]
+    fair_owners = next((f for f in fairness if f["fair_claims"]), None)
+    fifo_owners = next((f for f in fairness if not f["fair_claims"]), None)
+    fair_p95 = fair_owners["small_owner_p95_wait_s"] if fair_owners else None
+    fifo_p95 = fifo_owners["small_owner_p95_wait_s"] if fifo_owners else None
 
     def rounded(x: float | None) -> float | None:
         return round(x, 1) if x is not None else None
 
     return {
         "jobs": opts.jobs,
+        "fair_small_owner_p95_wait_s": fair_p95,
+        "fifo_small_owner_p95_wait_s": fifo_p95,
+        "fair_drain_ratio": fair_drain_ratio,
+        "fair_drain_ratio_by_round": fair_by_round,
+        "fair_drain_ratio_median_of_rounds": (
+            round(statistics.median(fair_by_round), 3) if fair_by_round else None
+        ),
+        "docpipe_fifo_drain_per_s": rounded(fifo_drain),
+        "fifo_drain_ratio_docpipe_vs_pgqueuer": ratio(fifo_drain, pgq_drain),
         "docpipe_drain_per_s": rounded(docpipe_drain),
         "pgqueuer_drain_per_s": rounded(pgq_drain),
         "procrastinate_drain_per_s": rounded(procr[0].drain_per_s if procr else None),
@@ -617,8 +802,14 @@ def summarize(
             "drain_met": drain_ratio is not None and drain_ratio >= TARGET_DRAIN_RATIO,
             "enqueue_ratio_min": TARGET_ENQUEUE_RATIO,
             "enqueue_met": enqueue_ratio is not None and enqueue_ratio >= TARGET_ENQUEUE_RATIO,
+            "fair_drain_ratio_min": TARGET_FAIR_DRAIN_RATIO,
+            "fair_drain_met": fair_drain_ratio is not None
+            and fair_drain_ratio >= TARGET_FAIR_DRAIN_RATIO,
+            "fair_small_owner_p95_wait_s_max": TARGET_FAIR_P95_WAIT_S,
+            "fair_wait_met": fair_p95 is not None and fair_p95 <= TARGET_FAIR_P95_WAIT_S,
         },
         "runs": [r.as_dict() for r in results],
+        "owners": list(fairness),
         "settings": {
             "warmup_jobs": opts.warmup,
             "rounds": opts.rounds,
@@ -634,6 +825,13 @@ def summarize(
             "procrastinate": {
                 "concurrency": opts.procrastinate_concurrency,
                 "budget_s": opts.procrastinate_budget_s,
+            },
+            "owners": {
+                "backlog_jobs": opts.fairness_jobs,
+                "job_s": opts.fairness_job_s,
+                "concurrency": opts.fairness_concurrency,
+                "batch_size": opts.fairness_batch_size,
+                "small_owners": list(SMALL_OWNERS),
             },
             "event_loop": loop,
         },
@@ -703,6 +901,24 @@ def format_table(report: dict[str, Any]) -> str:
             t["enqueue_met"],
         )
     )
+    lines.append(
+        verdict(
+            "docpipe drain, fair claims on / off",
+            report["fair_drain_ratio"],
+            t["fair_drain_ratio_min"],
+            t["fair_drain_met"],
+        )
+    )
+    fair_p95, fifo_p95 = (
+        report["fair_small_owner_p95_wait_s"],
+        report["fifo_small_owner_p95_wait_s"],
+    )
+    if fair_p95 is not None:
+        lines.append(
+            f"owners B-E beside A's backlog, p95 wait: fair {fair_p95:.3f} s"
+            f" (target <= {t['fair_small_owner_p95_wait_s_max']:g} s:"
+            f" {'met' if t['fair_wait_met'] else 'NOT met'}), today's order {fifo_p95:.3f} s"
+        )
     return "\n".join(lines)
 
 
@@ -762,6 +978,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pgqueuer-dequeue-timeout-s", type=float, default=0.1)
     p.add_argument("--procrastinate-concurrency", type=positive_int, default=100)
     p.add_argument(
+        "--fairness-jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help="owner A's backlog in the fairness scenario (0: skip the scenario)",
+    )
+    p.add_argument(
+        "--fairness-job-s", type=float, default=0.02, help="how long each job takes there"
+    )
+    p.add_argument("--fairness-concurrency", type=positive_int, default=100)
+    p.add_argument("--fairness-batch-size", type=positive_int, default=100)
+    p.add_argument(
         "--procrastinate-budget-s",
         type=float,
         default=180.0,
@@ -791,6 +1018,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         procrastinate_concurrency=args.procrastinate_concurrency,
         procrastinate_budget_s=args.procrastinate_budget_s,
         rounds=args.rounds,
+        fairness_jobs=max(0, args.fairness_jobs),
+        fairness_job_s=args.fairness_job_s,
+        fairness_concurrency=args.fairness_concurrency,
+        fairness_batch_size=args.fairness_batch_size,
     )
 
     data_dir: Path = args.data_dir
@@ -805,7 +1036,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def go() -> dict[str, Any]:
         postgres = await server_version(admin_url)
         results = await run_all(admin_url, opts)
-        return summarize(results, opts, postgres, args.loop)
+        fairness: list[dict[str, Any]] = []
+        if "docpipe" in opts.systems and opts.fairness_jobs:
+            log.info("docpipe: owners B-E beside owner A's backlog, fair claims on and off")
+            fairness = await bench_fairness(admin_url, opts)
+        return summarize(results, opts, postgres, args.loop, fairness)
 
     try:
         if args.loop == "uvloop":

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import asyncpg
 from aiohttp import BodyPartReader, web
@@ -24,27 +25,37 @@ from pydantic import BaseModel, ValidationError
 
 from docpipe_api import metrics, store
 from docpipe_api.auth import REALM, AuthError, Principal, TokenVerifier
-from docpipe_api.errors import (
-    ApiError,
-    error_response,
-    from_validation_error,
-    invalid,
-    not_found,
-)
 from docpipe_api.models import (
+    MAX_METADATA_BYTES,
+    MAX_SOURCE_URL_CHARS,
+    MAX_TAGS,
     Document,
+    DocumentMetadata,
     DocumentPage,
     Health,
+    Highlight,
     Job,
     SearchHit,
     SearchRequest,
     SearchResult,
     UploadResult,
+    Usage,
+    UsageLimits,
 )
-from docpipe_api.ratelimit import RateLimiter
+from docpipe_api.problems import (
+    ProblemError,
+    from_validation_error,
+    invalid,
+    not_found,
+    problem_response,
+)
+from docpipe_api.ranking import fuse_ranks, highlight_spans, plan_terms
+from docpipe_api.ratelimit import OwnerLimits, OwnerQuotas, RateLimiter
 from docpipe_contracts import correlation
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
 from docpipe_contracts.errors import PermanentError, TransientError
+from docpipe_providers.embeddings import Embedder
+from docpipe_queue.document_usage import Prices
 from docpipe_queue.documents import AddedDocument, add_document
 
 log = logging.getLogger(__name__)
@@ -62,10 +73,6 @@ _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
 
 
-class Embedder(Protocol):
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
-
-
 @dataclass
 class ApiContext:
     """What the handlers share: the database, token checks, limits, the query embedder."""
@@ -77,7 +84,13 @@ class ApiContext:
     pipelines: frozenset[str]
     max_upload_bytes: int
     max_attempts: int = 5
+    # Per-owner limits: upload rate and storage (none by default here; settings give defaults).
+    quotas: OwnerQuotas = field(default_factory=lambda: OwnerQuotas(OwnerLimits()))
+    # The prices the document detail's usage is costed at (none: no cost shown).
+    prices: Prices = field(default_factory=Prices)
     openapi_json: bytes = b"{}"
+    # The term statistics keyword search weights terms by (cached; see store.TermShares).
+    term_shares: store.TermShares = field(default_factory=store.TermShares)
     draining: bool = False
     _ready_at: float = field(default=-math.inf)
     _ready_problem: str | None = None
@@ -116,8 +129,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def _answer(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as error:
-        return error_response(error, request_id)
+    except ProblemError as error:
+        return problem_response(error, request_id)
     except web.HTTPException as exc:
         # aiohttp's own refusals: no route (404), wrong method (405, with Allow), body too big.
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
@@ -128,17 +141,21 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
             404: f"no such endpoint: {request.method} {request.path} (see /openapi.json)",
             405: f"{request.method} is not allowed here; allowed: {headers.get('Allow', '')}",
         }.get(exc.status, exc.reason)
-        return error_response(ApiError(exc.status, code, message, headers=headers), request_id)
+        return problem_response(
+            ProblemError(exc.status, code, message, headers=headers), request_id
+        )
     except asyncpg.DeadlockDetectedError:
         log.warning("deadlock persisted through retries", exc_info=True)
-        return error_response(
-            ApiError(503, "busy", "the database is busy; try again", headers={"Retry-After": "1"}),
+        return problem_response(
+            ProblemError(
+                503, "busy", "the database is busy; try again", headers={"Retry-After": "1"}
+            ),
             request_id,
         )
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError):
         log.warning("database unavailable", exc_info=True)
-        return error_response(
-            ApiError(
+        return problem_response(
+            ProblemError(
                 503, "unavailable", "the database is unavailable; try again",
                 headers={"Retry-After": "5"},
             ),
@@ -146,8 +163,8 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
         )  # fmt: skip
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return error_response(
-            ApiError(500, "internal", f"internal error; quote request id {request_id}"),
+        return problem_response(
+            ProblemError(500, "internal", f"internal error; quote request id {request_id}"),
             request_id,
         )
 
@@ -161,12 +178,12 @@ def authorize(request: web.Request, scope: str) -> Principal:
     try:
         principal = context.verifier.verify_header(request.headers.get("Authorization"))
     except AuthError as exc:
-        raise ApiError(
+        raise ProblemError(
             401, "unauthorized", str(exc), headers={"WWW-Authenticate": exc.challenge()}
         ) from None
     if scope not in principal.scopes:
         held = " ".join(sorted(principal.scopes)) or "none"
-        raise ApiError(
+        raise ProblemError(
             403,
             "insufficient_scope",
             f"this endpoint needs the {scope!r} scope; the token has: {held}",
@@ -178,7 +195,7 @@ def authorize(request: web.Request, scope: str) -> Principal:
         )
     wait = context.limiter.acquire(principal.subject)
     if wait > 0:
-        raise ApiError(
+        raise ProblemError(
             429,
             "rate_limited",
             f"too many requests: at most {context.limiter.rate:g}/s (bursts of "
@@ -191,7 +208,7 @@ def authorize(request: web.Request, scope: str) -> Principal:
 def pipeline_param(request: web.Request) -> str:
     name = request.match_info["pipeline"]
     if name not in request.app[CONTEXT].pipelines:
-        raise ApiError(404, "not_found", f"no pipeline named {name!r}")
+        raise ProblemError(404, "not_found", f"no pipeline named {name!r}")
     return name
 
 
@@ -255,7 +272,7 @@ def decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
 async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
     """The request body as `model`: 415 unless JSON, 413 when too big, 400/422 when invalid."""
     if request.content_type != "application/json":
-        raise ApiError(
+        raise ProblemError(
             415, "unsupported_media_type", "send the body as application/json", field="body"
         )
     if request.content_length is not None and request.content_length > MAX_JSON_BODY_BYTES:
@@ -269,14 +286,14 @@ async def read_json(request: web.Request, model: type[ModelT]) -> ModelT:
         return model.model_validate_json(bytes(body))
     except ValidationError as exc:
         if any(error["type"] == "json_invalid" for error in exc.errors()):
-            raise ApiError(
+            raise ProblemError(
                 400, "malformed_json", "the body is not valid JSON", field="body"
             ) from None
         raise from_validation_error(exc) from None
 
 
-def _too_large(field: str, limit: int) -> ApiError:
-    return ApiError(
+def _too_large(field: str, limit: int) -> ProblemError:
+    return ProblemError(
         413, "too_large", f"{field} is larger than the limit of {limit} bytes", field=field
     )
 
@@ -295,7 +312,7 @@ def upload_content_type(declared: str | None, filename: str) -> str:
         declared = content_type_for(filename)
     if declared not in SUPPORTED_CONTENT_TYPES:
         allowed = ", ".join(sorted(SUPPORTED_CONTENT_TYPES))
-        raise ApiError(
+        raise ProblemError(
             415,
             "unsupported_media_type",
             f"file: content type {declared!r} is not supported; allowed: {allowed}",
@@ -324,7 +341,7 @@ async def upload_document(request: web.Request) -> web.Response:
     reprocess = bool_query(request, "reprocess")
     context = request.app[CONTEXT]
     if request.content_type != "multipart/form-data":
-        raise ApiError(
+        raise ProblemError(
             415,
             "unsupported_media_type",
             "upload the document as multipart/form-data with a 'file' part",
@@ -334,10 +351,11 @@ async def upload_document(request: web.Request) -> web.Response:
     limit = context.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise _too_large("file", limit)
-    filename, declared_type, data = await _read_file_part(request, limit)
+    filename, declared_type, data, details = await _read_upload_parts(request, limit)
     content_type = upload_content_type(declared_type, filename)
     if not data:
         raise invalid("file", "is empty")
+    await _check_owner_limits(context, pipeline, principal.subject, data)
 
     async def add() -> tuple[AddedDocument, asyncpg.Record | None]:
         async with context.pool.acquire() as conn:
@@ -351,6 +369,9 @@ async def upload_document(request: web.Request) -> web.Response:
                 correlation_id=request[_REQUEST_ID],
                 reprocess=reprocess,
                 max_attempts=context.max_attempts,
+                tags=details.tags if "tags" in details.model_fields_set else None,
+                source_url=details.source_url,
+                metadata=details.metadata if "metadata" in details.model_fields_set else None,
             )
             return added, await store.get_document(conn, added.document_id, principal.subject)
 
@@ -367,33 +388,153 @@ async def upload_document(request: web.Request) -> web.Response:
     )
 
 
-async def _read_file_part(request: web.Request, limit: int) -> tuple[str, str | None, bytes]:
+async def _check_owner_limits(context: ApiContext, pipeline: str, owner: str, data: bytes) -> None:
+    """429 over the owner's upload rate; 403 when the document would take the owner beyond a
+    storage limit (content it already stores in the pipeline adds nothing and passes). Checked
+    before the upload's transaction: concurrent uploads may overshoot by their number."""
+    wait = context.quotas.acquire_upload(owner)
+    if wait > 0:
+        per_minute = context.quotas.limits(owner).uploads_per_minute
+        raise ProblemError(
+            429,
+            "upload_rate_limited",
+            f"too many uploads: at most {per_minute:g} per minute for this owner; "
+            f"retry after {wait:.2f}s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    documents, stored = await store.owner_storage(context.pool, owner)
+    refusal = context.quotas.storage_refusal(
+        owner, documents=documents, stored_bytes=stored, adding_bytes=len(data)
+    )
+    if refusal is None:
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    if await store.document_stored(context.pool, pipeline, owner, digest):
+        return
+    what = (
+        f"{refusal.used} documents stored, at most {refusal.limit}"
+        if refusal.limit_name == "documents"
+        else f"{refusal.used} bytes stored, at most {refusal.limit}; this file has {len(data)}"
+    )
+    raise ProblemError(
+        403,
+        f"storage_limit_{refusal.limit_name}",
+        f"storage limit of this owner reached ({refusal.limit_name}): {what}. Delete "
+        "documents, or ask for a higher limit (GET /v1/usage shows the use)",
+        field="file",
+    )
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    principal = authorize(request, "read")
+    context = request.app[CONTEXT]
+    async with context.pool.acquire() as conn:
+        documents, stored = await store.owner_storage(conn, principal.subject)
+        spent = await store.owner_provider_usage(conn, principal.subject)
+    limits = context.quotas.limits(principal.subject)
+    return _json(
+        Usage(
+            owner=principal.subject,
+            documents=documents,
+            bytes=stored,
+            embedding_tokens=spent["embedding_tokens"],
+            parsed_pages=spent["parsed_pages"],
+            provider_requests=spent["provider_requests"],
+            limits=UsageLimits(
+                max_documents=limits.max_documents,
+                max_bytes=limits.max_bytes,
+                uploads_per_minute=limits.uploads_per_minute,
+            ),
+        )
+    )
+
+
+# The parts an upload may send besides `file`, and the most bytes each may have.
+_METADATA_PARTS = {
+    "tags": MAX_TAGS * 104 + 2,
+    "source_url": MAX_SOURCE_URL_CHARS,
+    "metadata": MAX_METADATA_BYTES,
+}
+
+
+async def _read_upload_parts(
+    request: web.Request, limit: int
+) -> tuple[str, str | None, bytes, DocumentMetadata]:
+    """The upload's file (name, declared type, bytes) and the metadata its other parts give."""
     try:
         reader = await request.multipart()
-        part = await reader.next()
-        if part is None:
-            raise invalid("file", "the multipart body has no 'file' part")
-        if not isinstance(part, BodyPartReader):
-            raise invalid("file", "must be a file, not a nested multipart body")
-        if part.name != "file":
+        file: tuple[str, str | None, bytes] | None = None
+        given: dict[str, str] = {}
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise invalid("file", "must be a file, not a nested multipart body")
             name = (part.name or "")[:40]
-            raise invalid(name or "body", f"unknown part {name!r}: send only a 'file' part")
-        data = bytearray()
-        while chunk := await part.read_chunk(256 * 1024):
-            data.extend(chunk)
-            if len(data) > limit:
-                raise _too_large("file", limit)
-        if await reader.next() is not None:
-            raise invalid("body", "send only one part, named 'file'")
-        return clean_filename(part.filename), part.headers.get("Content-Type"), bytes(data)
-    except ApiError:
+            if name == "file" and file is None:
+                data = bytearray()
+                while chunk := await part.read_chunk(256 * 1024):
+                    data.extend(chunk)
+                    if len(data) > limit:
+                        raise _too_large("file", limit)
+                declared = part.headers.get("Content-Type")
+                file = (clean_filename(part.filename), declared, bytes(data))
+            elif name in _METADATA_PARTS and name not in given:
+                given[name] = await _read_text_part(part, name, _METADATA_PARTS[name])
+            else:
+                allowed = ", ".join(["file", *_METADATA_PARTS])
+                raise invalid(
+                    name or "body", f"unexpected part {name!r}: send each of {allowed} at most once"
+                )
+        if file is None:
+            raise invalid("file", "the multipart body has no 'file' part")
+    except ProblemError:
         raise
     except Exception as exc:
         # aiohttp's multipart reader raises assorted ValueError/RuntimeError/AssertionError
         # kinds on broken framing; all of them mean the client sent a malformed body.
-        raise ApiError(
+        raise ProblemError(
             400, "malformed_multipart", f"the multipart body cannot be read: {exc}", field="body"
         ) from None
+    return (*file, parse_document_metadata(given))
+
+
+async def _read_text_part(part: BodyPartReader, name: str, limit: int) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(16 * 1024):
+        data.extend(chunk)
+        if len(data) > limit:
+            raise _too_large(name, limit)
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid(name, "must be UTF-8 text") from None
+
+
+def parse_document_metadata(parts: dict[str, str]) -> DocumentMetadata:
+    """The metadata of an upload from its text parts: `tags` (a JSON array of strings, or
+    comma-separated), `source_url`, `metadata` (a JSON object)."""
+    values: dict[str, object] = {}
+    if "tags" in parts:
+        raw = parts["tags"].strip()
+        if raw.startswith("["):
+            try:
+                values["tags"] = json.loads(raw)
+            except ValueError:
+                raise invalid("tags", "is not a valid JSON array of strings") from None
+        else:
+            values["tags"] = [tag.strip() for tag in raw.split(",") if tag.strip()]
+    if "source_url" in parts:
+        values["source_url"] = parts["source_url"].strip()
+    if "metadata" in parts:
+        try:
+            values["metadata"] = json.loads(parts["metadata"])
+        except ValueError:
+            raise invalid("metadata", "is not valid JSON: send a JSON object") from None
+        if not isinstance(values["metadata"], dict):
+            raise invalid("metadata", "must be a JSON object")
+    try:
+        return DocumentMetadata.model_validate(values)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
 
 
 async def list_documents(request: web.Request) -> web.Response:
@@ -416,10 +557,13 @@ async def list_documents(request: web.Request) -> web.Response:
 async def get_document(request: web.Request) -> web.Response:
     principal = authorize(request, "read")
     document_id = uuid_param(request, "document_id")
-    row = await store.get_document(request.app[CONTEXT].pool, document_id, principal.subject)
-    if row is None:
+    context = request.app[CONTEXT]
+    detail = await store.get_document_detail(
+        context.pool, document_id, principal.subject, context.prices
+    )
+    if detail is None:
         raise not_found("document")
-    return _json(Document.model_validate(dict(row)))
+    return _json(detail)
 
 
 async def delete_document(request: web.Request) -> web.Response:
@@ -447,7 +591,7 @@ async def retry_job(request: web.Request) -> web.Response:
         raise not_found("job")
     job = Job.model_validate(dict(row))
     if not retried:
-        raise ApiError(
+        raise ProblemError(
             409,
             "conflict",
             f"job {job_id} is {job.status}; only dead or cancelled jobs can be retried",
@@ -455,45 +599,134 @@ async def retry_job(request: web.Request) -> web.Response:
     return _json(job)
 
 
-async def search(request: web.Request) -> web.Response:
-    principal = authorize(request, "search")
-    pipeline = pipeline_param(request)
-    query = await read_json(request, SearchRequest)
-    context = request.app[CONTEXT]
+# Hybrid search ranks this many candidates of each kind (at least top_k) before fusing them.
+HYBRID_CANDIDATES = 20
+
+
+def document_filter(query: SearchRequest) -> store.DocumentFilter:
+    """The documents a search request looks in."""
+    wanted = query.filter
+    if wanted is None:
+        return store.DocumentFilter(document_ids=query.document_ids)
+    return store.DocumentFilter(
+        document_ids=query.document_ids,
+        tags=wanted.tags,
+        metadata=wanted.metadata,
+        filename_pattern=store.glob_to_ilike(wanted.filename) if wanted.filename else None,
+        content_types=wanted.content_types,
+        uploaded_after=wanted.uploaded_after,
+        uploaded_before=wanted.uploaded_before,
+    )
+
+
+async def _embed_query(context: ApiContext, text: str) -> list[float]:
     try:
-        (vector,) = await context.embedder.embed([query.query])
+        (vector,) = await context.embedder.embed([text])
     except TransientError as exc:
         retry_after = str(max(1, math.ceil(exc.retry_after or 1)))
-        raise ApiError(
+        raise ProblemError(
             503,
             "embedding_unavailable",
             f"the embedding service failed; try again: {exc}",
             headers={"Retry-After": retry_after},
         ) from None
     except PermanentError as exc:
-        raise ApiError(502, "embedding_failed", f"the embedding service refused: {exc}") from None
-    rows = await store.search_chunks(
-        context.pool,
-        vector,
-        pipeline=pipeline,
-        owner=principal.subject,
-        top_k=query.top_k,
-        document_ids=query.document_ids,
-    )
-    hits = [
-        SearchHit(
-            score=1.0 - float(row["distance"]),
-            document_id=row["document_id"],
-            filename=row["filename"],
-            chunk_id=row["id"],
-            ordinal=row["ordinal"],
-            heading=row["heading"],
-            char_start=row["char_start"],
-            char_end=row["char_end"],
-            content=row["content"],
+        raise ProblemError(
+            502, "embedding_failed", f"the embedding service refused: {exc}"
+        ) from None
+    return list(vector)
+
+
+async def _keyword_ranking(
+    context: ApiContext,
+    text: str,
+    *,
+    pipeline: str,
+    owner: str,
+    limit: int,
+    documents: store.DocumentFilter,
+) -> list[tuple[int, float]]:
+    async with context.pool.acquire() as conn:
+        terms = await store.query_terms(conn, pipeline, text)
+        if not terms:
+            return []
+        plan = plan_terms(terms, await context.term_shares.get(conn))
+        return await store.keyword_ranking(
+            conn, plan, pipeline=pipeline, owner=owner, limit=limit, documents=documents
         )
-        for row in rows
-    ]
+
+
+async def search(request: web.Request) -> web.Response:
+    principal = authorize(request, "search")
+    pipeline = pipeline_param(request)
+    query = await read_json(request, SearchRequest)
+    context = request.app[CONTEXT]
+    owner = principal.subject
+    documents = document_filter(query)
+    limit = max(query.top_k, HYBRID_CANDIDATES) if query.mode == "hybrid" else query.top_k
+    keyword: asyncio.Task[list[tuple[int, float]]] | None = None
+    if query.mode != "vector":
+        # Started first: its statements run while the query is being embedded.
+        keyword = asyncio.create_task(
+            _keyword_ranking(
+                context, query.query, pipeline=pipeline, owner=owner, limit=limit,
+                documents=documents,
+            )
+        )  # fmt: skip
+    vector: list[tuple[int, float]] = []
+    try:
+        if query.mode != "keyword":
+            embedding = await _embed_query(context, query.query)
+            vector = await store.vector_ranking(
+                context.pool, embedding, pipeline=pipeline, owner=owner, limit=limit,
+                documents=documents,
+            )  # fmt: skip
+        keyword_hits = await keyword if keyword is not None else []
+    finally:
+        if keyword is not None and not keyword.done():
+            keyword.cancel()
+    similarity = {chunk: 1.0 - distance for chunk, distance in vector}
+    rank = dict(keyword_hits)
+    if query.mode == "vector":
+        ranked = list(similarity.items())
+    elif query.mode == "keyword":
+        ranked = keyword_hits
+    else:
+        ranked = fuse_ranks(
+            {"vector": list(similarity), "keyword": list(rank)},
+            {"vector": query.weights.vector, "keyword": query.weights.keyword},
+            k=query.weights.rrf_k,
+        )
+    ranked = ranked[: query.top_k]
+    rows = await store.hit_rows(context.pool, [chunk for chunk, _ in ranked], owner, query.query)
+    hits = []
+    for chunk, score in ranked:
+        row = rows.get(chunk)
+        if row is None:  # deleted between the ranking and now
+            continue
+        marked = row["marked"]
+        spans = highlight_spans(marked, row["content"]) if marked else []
+        hits.append(
+            SearchHit(
+                score=score,
+                vector_score=similarity.get(chunk),
+                keyword_score=rank.get(chunk),
+                document_id=row["document_id"],
+                filename=row["filename"],
+                chunk_id=row["id"],
+                ordinal=row["ordinal"],
+                heading=row["heading"],
+                char_start=row["char_start"],
+                char_end=row["char_end"],
+                content=row["content"],
+                highlights=[Highlight(start=start, end=end) for start, end in spans],
+                content_type=row["content_type"],
+                tags=row["tags"],
+                source_url=row["source_url"],
+                metadata=row["metadata"],
+                uploaded_at=row["created_at"],
+            )
+        )
     return _json(SearchResult(hits=hits))
 
 
@@ -541,6 +774,7 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_delete("/v1/documents/{document_id}", delete_document)
     app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
     app.router.add_post("/v1/jobs/{job_id}/retry", retry_job)
+    app.router.add_get("/v1/usage", get_usage, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", prometheus_metrics, allow_head=False)

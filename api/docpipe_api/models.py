@@ -3,9 +3,12 @@ these models, and the handlers validate and serialize with them, so the two cann
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +18,15 @@ JobStatus = Literal["queued", "running", "succeeded", "dead", "cancelled"]
 MAX_QUERY_CHARS = 4000
 MAX_TOP_K = 50
 MAX_DOCUMENT_FILTER = 100
+# Document metadata given at upload: bounded so that a document row stays small.
+MAX_TAGS = 32
+MAX_TAG_CHARS = 100
+MAX_SOURCE_URL_CHARS = 2048
+MAX_METADATA_BYTES = 8192
+MAX_FILTER_VALUES = 32
+
+SearchMode = Literal["vector", "keyword", "hybrid"]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Response(BaseModel):
@@ -36,6 +48,81 @@ class Document(_Response):
     created_at: datetime
     updated_at: datetime
     processed_at: datetime | None
+    tags: list[str] = Field(default_factory=list, description="tags given at upload")
+    source_url: str | None = Field(None, description="where the document came from")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="the JSON object given at upload"
+    )
+
+
+def _check_tag(tag: str) -> str:
+    if not tag.strip() or len(tag) > MAX_TAG_CHARS or _CONTROL.search(tag):
+        raise ValueError(
+            f"each tag must be 1 to {MAX_TAG_CHARS} characters without control characters"
+        )
+    return tag
+
+
+class DocumentMetadata(BaseModel):
+    """What an upload may say about its document besides its bytes (multipart parts `tags`,
+    `source_url` and `metadata`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    source_url: str | None = Field(None, max_length=MAX_SOURCE_URL_CHARS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return sorted({_check_tag(tag) for tag in value})
+
+    @field_validator("source_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https", "ftp", "file") or _CONTROL.search(value):
+            raise ValueError("must be an http, https, ftp or file URL")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(
+                f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES} bytes are allowed"
+            )
+        if "\\u0000" in json.dumps(value):
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class DocumentUsage(_Response):
+    """What the document's latest processing cost at the providers, as they reported it."""
+
+    tokens: int = Field(ge=0, description="embedding tokens the embeddings provider reported")
+    pages: int = Field(ge=0, description="pages the parsing provider (LlamaParse) parsed")
+    requests: int = Field(ge=0, description="provider requests that returned a result")
+    model: str | None = Field(description="the embedding model that counted the tokens")
+    cost: float | None = Field(
+        ge=0,
+        description="tokens and pages at the prices the API is configured with "
+        "(DOCPIPE_PRICE_PER_MILLION_TOKENS, DOCPIPE_PRICE_PER_THOUSAND_PAGES); null when no "
+        "price is configured",
+    )
+
+
+class DocumentDetail(Document):
+    """A stored document, where its processing stands, and what processing it cost."""
+
+    usage: DocumentUsage | None = Field(
+        description="null until the document is processed (and for documents processed by a "
+        "docpipe without cost accounting); a reprocessed document shows its latest processing"
+    )
 
 
 class UploadResult(_Response):
@@ -75,18 +162,76 @@ class Job(_Response):
     finished_at: datetime | None
 
 
+class SearchWeights(BaseModel):
+    """How hybrid search fuses its two rankings (reciprocal rank fusion): a chunk scores
+    `vector / (rrf_k + its vector rank) + keyword / (rrf_k + its keyword rank)`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vector: float = Field(1.0, ge=0, le=100, description="weight of the vector ranking")
+    keyword: float = Field(1.0, ge=0, le=100, description="weight of the keyword ranking")
+    rrf_k: int = Field(60, ge=1, le=1000, description="damps the difference between ranks")
+
+
+class SearchFilter(BaseModel):
+    """Search only the caller's documents that match all of these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tags: list[str] | None = Field(
+        None, max_length=MAX_FILTER_VALUES, description="documents with every one of these tags"
+    )
+    metadata: dict[str, Any] | None = Field(
+        None,
+        description="documents whose metadata contains this object: each key equals the "
+        "value given (JSON containment, `@>`)",
+    )
+    filename: str | None = Field(
+        None,
+        max_length=255,
+        description="documents whose file name matches this pattern: `*` any characters, "
+        "`?` one character; case-insensitive",
+    )
+    content_types: list[str] | None = Field(
+        None, max_length=MAX_FILTER_VALUES, description="documents of one of these types"
+    )
+    uploaded_after: datetime | None = Field(None, description="uploaded at or after this time")
+    uploaded_before: datetime | None = Field(None, description="uploaded before this time")
+
+    @field_validator("metadata")
+    @classmethod
+    def _size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value).encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+    @field_validator("uploaded_after", "uploaded_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must have a time zone (e.g. 2024-05-01T00:00:00Z)")
+        return value
+
+
 class SearchRequest(BaseModel):
-    """A question to find the closest chunks for."""
+    """A question to find the best-matching chunks for."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    mode: SearchMode = Field(
+        "hybrid",
+        description="vector: cosine similarity of embeddings; keyword: Postgres full-text "
+        "search; hybrid: both, fused by reciprocal rank fusion",
+    )
+    weights: SearchWeights = SearchWeights(vector=1.0, keyword=1.0, rrf_k=60)
     document_ids: list[uuid.UUID] | None = Field(
         None,
         max_length=MAX_DOCUMENT_FILTER,
         description="search only these documents (of the caller's)",
     )
+    filter: SearchFilter | None = None
 
     @field_validator("query")
     @classmethod
@@ -98,10 +243,26 @@ class SearchRequest(BaseModel):
         return value
 
 
-class SearchHit(_Response):
-    """A chunk and how close it is to the query (cosine similarity, 1 is identical)."""
+class Highlight(_Response):
+    """Where a query term matched in the chunk's `content` (offsets in Unicode characters)."""
 
-    score: float
+    start: int
+    end: int
+
+
+class SearchHit(_Response):
+    """A chunk, how well it matches the query, and its document's metadata."""
+
+    score: float = Field(
+        description="the ranking score of the mode: cosine similarity (vector), full-text rank "
+        "(keyword), reciprocal rank fusion score (hybrid); higher is better"
+    )
+    vector_score: float | None = Field(
+        None, description="cosine similarity to the query, when vector search found the chunk"
+    )
+    keyword_score: float | None = Field(
+        None, description="full-text rank, when keyword search found the chunk"
+    )
     document_id: uuid.UUID
     filename: str
     chunk_id: int
@@ -110,10 +271,41 @@ class SearchHit(_Response):
     char_start: int = Field(description="where the chunk starts in the parsed document's text")
     char_end: int
     content: str
+    highlights: list[Highlight] = Field(
+        default_factory=list, description="the query's terms in `content` (full-text matches)"
+    )
+    content_type: str
+    tags: list[str]
+    source_url: str | None
+    metadata: dict[str, Any]
+    uploaded_at: datetime
 
 
 class SearchResult(_Response):
     hits: list[SearchHit]
+
+
+class UsageLimits(_Response):
+    """The caller's limits (DOCPIPE_API_OWNER_*, or its override); null: no limit."""
+
+    max_documents: int | None
+    max_bytes: int | None
+    uploads_per_minute: float | None
+
+
+class Usage(_Response):
+    """What the caller stores, across pipelines, what its processing cost, and its limits."""
+
+    owner: str = Field(description="the token's subject")
+    documents: int = Field(description="documents stored")
+    bytes: int = Field(description="bytes of the documents stored")
+    embedding_tokens: int = Field(
+        description="embedding tokens of the documents processed (their latest processing; "
+        "deleted documents included: the tokens were spent)"
+    )
+    parsed_pages: int
+    provider_requests: int
+    limits: UsageLimits
 
 
 class ErrorDetail(_Response):

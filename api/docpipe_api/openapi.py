@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from docpipe_api.app import DEFAULT_PAGE_SIZE, MAX_FILENAME_CHARS, MAX_PAGE_SIZE
 from docpipe_api.models import (
     Document,
+    DocumentDetail,
     DocumentPage,
     ErrorResponse,
     Health,
@@ -22,6 +23,7 @@ from docpipe_api.models import (
     SearchRequest,
     SearchResult,
     UploadResult,
+    Usage,
 )
 from docpipe_contracts.configuration import PIPELINE_NAME
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES
@@ -34,13 +36,16 @@ _BIGINT_MAX = 2**63 - 1
 _ERRORS = {
     "400": "The body is malformed (not JSON, broken multipart framing).",
     "401": "No token, or the token is not valid (see WWW-Authenticate).",
-    "403": "The token lacks the scope this endpoint needs.",
+    "403": "The token lacks the scope this endpoint needs; or, for an upload, the owner's "
+    "storage limit (documents or bytes) is reached: `error.code` is `storage_limit_documents` "
+    "or `storage_limit_bytes` and the message names the limit and the current use.",
     "404": "No such resource for this caller (another owner's resources do not exist).",
     "409": "The resource is not in a state that allows this.",
     "413": "The body is larger than the limit.",
     "415": "The body or the file has a content type that is not accepted.",
     "422": "A parameter or body field is invalid; `error.field` names it.",
-    "429": "The caller's rate limit is exhausted (see Retry-After).",
+    "429": "The caller's rate limit (or, for an upload, its owner's uploads per minute) is "
+    "exhausted (see Retry-After).",
     "502": "The embedding service refused the query.",
     "503": "A service the API depends on is unavailable; retry (see Retry-After).",
 }
@@ -138,6 +143,7 @@ def build_openapi() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (Document, "serialization"),
+            (DocumentDetail, "serialization"),
             (DocumentPage, "serialization"),
             (UploadResult, "serialization"),
             (Job, "serialization"),
@@ -145,6 +151,7 @@ def build_openapi() -> dict[str, Any]:
             (SearchResult, "serialization"),
             (ErrorResponse, "serialization"),
             (Health, "serialization"),
+            (Usage, "serialization"),
         ],
         ref_template=_REF,
     )
@@ -264,9 +271,13 @@ def build_openapi() -> dict[str, Any]:
         "/v1/documents/{document_id}": {
             "get": _operation(
                 "getDocument",
-                "Get a document and its processing status",
+                "Get a document, its processing status and what processing it cost",
                 "read",
-                _responses({"200": _json_response("The document.", Document)}, "404", "422"),
+                _responses(
+                    {"200": _json_response("The document and its usage.", DocumentDetail)},
+                    "404",
+                    "422",
+                ),
                 parameters=[_DOCUMENT_PARAM],
             ),
             "delete": _operation(
@@ -293,6 +304,16 @@ def build_openapi() -> dict[str, Any]:
                 "read",
                 _responses({"200": _json_response("The job.", Job)}, "404", "422"),
                 parameters=[_JOB_PARAM],
+            )
+        },
+        "/v1/usage": {
+            "get": _operation(
+                "getUsage",
+                "The caller's usage and limits",
+                "read",
+                _responses({"200": _json_response("Usage, across pipelines.", Usage)}),
+                description="Documents and bytes the caller stores, the provider usage of its "
+                "documents' processing, and the per-owner limits uploads are held to.",
             )
         },
         "/v1/jobs/{job_id}/retry": {

@@ -23,6 +23,7 @@ from docpipe_api.settings import ApiSettings
 from docpipe_contracts.errors import StartupError
 from docpipe_providers.embeddings import OpenAIEmbedder
 from docpipe_queue.database import create_pool, resolve_database_url
+from docpipe_queue.document_usage import Prices
 from docpipe_queue.metrics import BUILD_INFO
 from docpipe_queue.migrator import embedding_column_dimensions, pending_migrations
 
@@ -84,6 +85,8 @@ async def open_api(settings: ApiSettings) -> AsyncIterator[RunningApi]:
                 pipelines=settings.pipeline_names,
                 max_upload_bytes=settings.max_upload_bytes,
                 max_attempts=settings.max_attempts,
+                quotas=settings.owner_quotas(),
+                prices=Prices(settings.price_per_million_tokens, settings.price_per_thousand_pages),
                 openapi_json=openapi_json(),
             )
             runner = web.AppRunner(build_app(context), access_log=None, shutdown_timeout=10.0)

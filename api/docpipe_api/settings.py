@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docpipe_api.auth import (
@@ -23,6 +33,7 @@ from docpipe_api.auth import (
     public_key_file_keys,
     secret_keys,
 )
+from docpipe_api.ratelimit import OwnerLimits, OwnerQuotas
 from docpipe_contracts.configuration import PIPELINE_NAME, SettingsError
 from docpipe_providers.embeddings import OPENAI_DEFAULT_URL
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
@@ -64,6 +75,14 @@ class ApiSettings(BaseSettings):
     rate_limit_per_second: float = Field(50.0, gt=0, le=1_000_000)
     rate_limit_burst: int = Field(100, ge=1, le=1_000_000)
     max_attempts: int = Field(5, ge=1, le=100)
+    # Per-owner limits (the token's subject), 0: none. Storage counts every pipeline's documents;
+    # uploads over the rate get 429 with Retry-After, over a storage limit 403 (docs/api.md).
+    owner_max_documents: int = Field(1_000_000, ge=0)
+    owner_max_bytes: int = Field(100 * 1024**3, ge=0)
+    owner_uploads_per_minute: float = Field(6000.0, ge=0, le=60_000_000)
+    # Overrides per owner, JSON: {"owner": {"max_documents": 10, "max_bytes": 0,
+    # "uploads_per_minute": 60}, ...}; a key left out takes the default, 0 means no limit.
+    owner_limits: str = ""
     # Candidates the HNSW index scans per search before the owner filter: more is better recall
     # (and better odds for owners with few of the chunks) at a cost in CPU per search that grows
     # about linearly with it; pgvector's default is 40. docs/benchmarks.md "Intake API" measures
@@ -92,6 +111,15 @@ class ApiSettings(BaseSettings):
     )
     request_timeout_seconds: float = Field(
         30.0, gt=0, le=600, validation_alias=_env("DOCPIPE_REQUEST_TIMEOUT_SECONDS")
+    )
+
+    # Cost accounting: the document detail's usage is costed at these prices (shared with
+    # `docpipe usage`); unset, no cost is shown.
+    price_per_million_tokens: float | None = Field(
+        None, ge=0, allow_inf_nan=False, validation_alias=_env("DOCPIPE_PRICE_PER_MILLION_TOKENS")
+    )
+    price_per_thousand_pages: float | None = Field(
+        None, ge=0, allow_inf_nan=False, validation_alias=_env("DOCPIPE_PRICE_PER_THOUSAND_PAGES")
     )
 
     log_format: Literal["json", "text"] = Field("json", validation_alias=_env("DOCPIPE_LOG_FORMAT"))
@@ -145,6 +173,29 @@ class ApiSettings(BaseSettings):
             )
         return self
 
+    @field_validator("owner_limits")
+    @classmethod
+    def _owner_limits_json(cls, value: str) -> str:
+        _parse_owner_overrides(value)
+        return value
+
+    def owner_quotas(self) -> OwnerQuotas:
+        """The per-owner limits: the defaults and the overrides of DOCPIPE_API_OWNER_LIMITS."""
+        default = OwnerLimits(
+            max_documents=self.owner_max_documents or None,
+            max_bytes=self.owner_max_bytes or None,
+            uploads_per_minute=self.owner_uploads_per_minute or None,
+        )
+        overrides = {
+            owner: OwnerLimits(
+                max_documents=_or_default(o.max_documents, default.max_documents),
+                max_bytes=_or_default(o.max_bytes, default.max_bytes),
+                uploads_per_minute=_or_default(o.uploads_per_minute, default.uploads_per_minute),
+            )
+            for owner, o in _parse_owner_overrides(self.owner_limits).items()
+        }
+        return OwnerQuotas(default, overrides)
+
     @property
     def pipeline_names(self) -> frozenset[str]:
         return frozenset(self.pipelines.split(","))
@@ -161,3 +212,39 @@ class ApiSettings(BaseSettings):
             return secret_keys(DEVELOPMENT_SECRET)
         except KeyConfigError as exc:
             raise SettingsError(f"invalid configuration:\n  {exc}") from None
+
+
+class _OwnerOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_documents: int | None = Field(None, ge=0)
+    max_bytes: int | None = Field(None, ge=0)
+    uploads_per_minute: float | None = Field(None, ge=0, le=60_000_000)
+
+
+_OVERRIDES = TypeAdapter(dict[str, _OwnerOverride])
+
+
+def _parse_owner_overrides(value: str) -> dict[str, _OwnerOverride]:
+    if not value.strip():
+        return {}
+    try:
+        return _OVERRIDES.validate_json(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(
+            "must be a JSON object of owner to limits, e.g. "
+            '{"alice": {"max_documents": 10, "max_bytes": 0, "uploads_per_minute": 60}}'
+            f" ({where}: {first['msg']})"
+        ) from None
+
+
+_T = TypeVar("_T", int, float)
+
+
+def _or_default(value: _T | None, default: _T | None) -> _T | None:
+    """An override's value: left out, the default; 0, no limit."""
+    if value is None:
+        return default
+    return value or None

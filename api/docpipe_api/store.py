@@ -4,26 +4,43 @@ the calling owner: another owner's rows are indistinguishable from rows that do 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 from pgvector import Vector
 
 from docpipe_api import metrics
+from docpipe_api.models import Document, DocumentDetail, DocumentUsage
+from docpipe_api.ranking import TermPlan, tsquery_literal
 from docpipe_queue import jobs as queue
+from docpipe_queue import queries
+from docpipe_queue.document_usage import Prices
 from docpipe_queue.jobs import Executor
 
 T = TypeVar("T")
 
 DOCUMENT_COLUMNS = (
     "id, pipeline, filename, content_type, size_bytes, sha256, status, error, chunk_count,"
-    " created_at, updated_at, processed_at"
+    " created_at, updated_at, processed_at, tags, source_url, metadata"
 )
 
 GET_DOCUMENT = f"select {DOCUMENT_COLUMNS} from docpipe.documents where id = $1 and owner = $2"
+
+# The document detail: the document and its provider usage (docpipe.document_usage, keyed by
+# document; no row until the document is processed).
+GET_DOCUMENT_DETAIL = f"""
+select {", ".join("d." + c.strip() for c in DOCUMENT_COLUMNS.split(","))},
+       u.document_id is not null as has_usage, u.embedding_tokens, u.parsed_pages,
+       u.provider_requests, u.embedding_model
+from docpipe.documents d left join docpipe.document_usage u on u.document_id = d.id
+where d.id = $1 and d.owner = $2
+"""
 
 # Newest first; the cursor is the last row's (created_at, id). The index documents_owner_listing
 # is ordered (created_at desc, id), so the tie-break on id runs ascending to match it.
@@ -35,17 +52,26 @@ order by created_at desc, id
 limit $5
 """
 
-# Jobs are taken first, then the document: the same order as the worker's store, which locks
-# its job and then writes the document's chunks, so the two cannot deadlock. Cancelling clears
-# the lease, so a worker still processing the document drops its result. The delete cascades
-# to the chunks and the jobs.
-CANCEL_DOCUMENT_JOBS = """
-update docpipe.jobs
-set status = 'cancelled', finished_at = now(), lease_token = null, lease_expires_at = null
-where document_id = $1 and status in ('queued', 'running')
-  and exists (select 1 from docpipe.documents where id = $1 and owner = $2)
-"""
 DELETE_DOCUMENT = "delete from docpipe.documents where id = $1 and owner = $2 returning id"
+
+# What an owner stores, across pipelines (an index-only scan of documents_owner_usage), and what
+# the providers counted for its documents (docpipe.document_usage, kept after a delete).
+OWNER_STORAGE = """
+select count(*) as documents, coalesce(sum(size_bytes), 0)::bigint as bytes
+from docpipe.documents where owner = $1
+"""
+OWNER_PROVIDER_USAGE = """
+select coalesce(sum(embedding_tokens), 0)::bigint as embedding_tokens,
+       coalesce(sum(parsed_pages), 0)::bigint as parsed_pages,
+       coalesce(sum(provider_requests), 0)::bigint as provider_requests
+from docpipe.document_usage where owner = $1
+"""
+# An upload of content the owner already stores in the pipeline adds nothing to its storage.
+DOCUMENT_STORED = """
+select exists (
+    select 1 from docpipe.documents where pipeline = $1 and owner = $2 and sha256 = $3
+)
+"""
 
 JOB_COLUMNS = (
     "j.id, j.pipeline, j.kind, j.document_id, j.status, j.attempts, j.max_attempts, j.run_after,"
@@ -97,6 +123,27 @@ async def get_document(conn: Executor, document_id: uuid.UUID, owner: str) -> as
     return await conn.fetchrow(GET_DOCUMENT, document_id, owner)
 
 
+async def get_document_detail(
+    conn: Executor, document_id: uuid.UUID, owner: str, prices: Prices
+) -> DocumentDetail | None:
+    """The owner's document with its usage, costed at `prices`; or None."""
+    row = await conn.fetchrow(GET_DOCUMENT_DETAIL, document_id, owner)
+    if row is None:
+        return None
+    fields: dict[str, object] = {name: row[name] for name in Document.model_fields}
+    usage = None
+    if row["has_usage"]:
+        tokens, pages = row["embedding_tokens"], row["parsed_pages"]
+        usage = DocumentUsage(
+            tokens=tokens,
+            pages=pages,
+            requests=row["provider_requests"],
+            model=row["embedding_model"],
+            cost=prices.cost(tokens, pages),
+        )
+    return DocumentDetail.model_validate({**fields, "usage": usage})
+
+
 async def list_documents(
     conn: Executor,
     owner: str,
@@ -115,7 +162,8 @@ async def delete_document(pool: asyncpg.Pool, document_id: uuid.UUID, owner: str
 
     async def attempt() -> bool:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(CANCEL_DOCUMENT_JOBS, document_id, owner)
+            # Jobs first, then the document: see queries.CANCEL_OWNED_DOCUMENT_JOBS.
+            await conn.execute(queries.CANCEL_OWNED_DOCUMENT_JOBS, document_id, owner)
             return await conn.fetchval(DELETE_DOCUMENT, document_id, owner) is not None
 
     return await retry_deadlocks(attempt)
@@ -171,6 +219,213 @@ async def search_chunks(
     )
 
 
+# -- hybrid search (issue 19) ------------------------------------------------------------------
+#
+# Every search statement below takes the same first ten parameters: $1 pipeline, $2 owner,
+# $3 limit, then the document filter ($4 ids, $5 tags, $6 metadata, $7 filename pattern,
+# $8 content types, $9 uploaded at or after, $10 uploaded before; null: no condition).
+
+_DOCUMENT_FILTER = """
+c.document_id in (
+    select d.id from docpipe.documents d
+    where d.owner = $2 and d.pipeline = $1
+      and ($4::uuid[] is null or d.id = any($4))
+      and ($5::text[] is null or d.tags @> $5)
+      and ($6::jsonb is null or d.metadata @> $6)
+      and ($7::text is null or d.filename ilike $7)
+      and ($8::text[] is null or d.content_type = any($8))
+      and ($9::timestamptz is null or d.created_at >= $9)
+      and ($10::timestamptz is null or d.created_at < $10)
+)
+"""
+
+# Exact vector search within the documents the filter keeps (the HNSW index cannot filter: its
+# candidates would be mostly other documents').
+SEARCH_VECTOR_FILTERED = f"""
+with candidates as materialized (
+    select c.id, c.embedding <=> $11 as distance
+    from docpipe.chunks c
+    where c.pipeline = $1 and c.owner = $2 and {_DOCUMENT_FILTER}
+)
+select id, distance from candidates order by distance, id limit $3
+"""
+
+# The query's terms as the pipeline's text-search configuration normalizes them.
+QUERY_TERMS = """
+select tsvector_to_array(to_tsvector(docpipe.text_search_config($1), $2))
+"""
+
+# Keyword search: the chunks holding any of the query's rarer terms (a tsquery found through
+# the GIN index), scored by each term's weight times its full-text rank in the chunk (headings
+# count 2.5 times body text). Unfiltered: $4 the tsquery, $5 the terms, $6 their weights;
+# filtered: the same as $11, $12, $13.
+_KEYWORD = """
+select c.id, (
+    select sum(t.weight * ts_rank(c.search_text, t.term, 1))
+    from unnest(${terms}::text[]::tsquery[], ${weights}::float8[]) as t(term, weight)
+) as rank
+from docpipe.chunks c
+where c.search_text @@ ${query}::tsquery and c.pipeline = $1 and c.owner = $2
+"""
+SEARCH_KEYWORD = f"""
+with matched as materialized ({_KEYWORD.format(query=4, terms=5, weights=6)})
+select id, rank from matched order by rank desc, id limit $3
+"""
+SEARCH_KEYWORD_FILTERED = f"""
+with matched as materialized (
+    {_KEYWORD.format(query=11, terms=12, weights=13)} and {_DOCUMENT_FILTER}
+)
+select id, rank from matched order by rank desc, id limit $3
+"""
+
+# The hits' rows, their documents' fields, and their highlights: ts_headline over the whole
+# chunk with markers around the words matching a term of the query text ($3; null: none).
+HIT_ROWS = """
+select c.id, c.document_id, c.ordinal, c.heading, c.char_start, c.char_end, c.content,
+       d.filename, d.content_type, d.tags, d.source_url, d.metadata, d.created_at,
+       case when $3::text is null then null
+            else ts_headline(
+                docpipe.text_search_config(c.pipeline), c.content,
+                replace(plainto_tsquery(docpipe.text_search_config(c.pipeline), $3)::text,
+                        ' & ', ' | ')::tsquery,
+                'HighlightAll=true, StartSel=\u27e6, StopSel=\u27e7')
+       end as marked
+from docpipe.chunks c join docpipe.documents d on d.id = c.document_id
+where c.id = any($1::bigint[]) and c.owner = $2 and d.owner = $2
+"""
+
+# Term shares from the statistics ANALYZE keeps on the tsvector column (the most common
+# lexemes and the fraction of chunks holding each). Collection-wide, like a search engine's
+# shard-level IDF: the same for every owner.
+TERM_SHARES = """
+select s.most_common_elems::text::text[] as terms, s.most_common_elem_freqs as shares
+from pg_stats s
+where s.schemaname = 'docpipe' and s.tablename = 'chunks' and s.attname = 'search_text'
+"""
+TERM_SHARES_TTL_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentFilter:
+    """The documents a search looks in (None: no condition)."""
+
+    document_ids: Sequence[uuid.UUID] | None = None
+    tags: Sequence[str] | None = None
+    metadata: dict[str, Any] | None = None
+    filename_pattern: str | None = None  # an ILIKE pattern
+    content_types: Sequence[str] | None = None
+    uploaded_after: datetime | None = None
+    uploaded_before: datetime | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__slots__)
+
+    def parameters(self) -> tuple[object, ...]:
+        return (
+            list(self.document_ids) if self.document_ids is not None else None,
+            list(self.tags) if self.tags is not None else None,
+            self.metadata,
+            self.filename_pattern,
+            list(self.content_types) if self.content_types is not None else None,
+            self.uploaded_after,
+            self.uploaded_before,
+        )
+
+
+def glob_to_ilike(pattern: str) -> str:
+    """A file-name glob (`*`, `?`) as an ILIKE pattern, with LIKE's own wildcards escaped."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+@dataclass
+class TermShares:
+    """The cached term shares of the chunks' text index, refreshed every TERM_SHARES_TTL_S."""
+
+    shares: dict[str, float] = field(default_factory=dict)
+    loaded_at: float = -math.inf
+
+    async def get(self, conn: Executor) -> dict[str, float]:
+        now = time.monotonic()
+        if now - self.loaded_at > TERM_SHARES_TTL_S:
+            self.loaded_at = now
+            row = await conn.fetchrow(TERM_SHARES)
+            if row is not None and row["terms"] is not None:
+                self.shares = dict(zip(row["terms"], row["shares"], strict=False))
+        return self.shares
+
+
+async def query_terms(conn: Executor, pipeline: str, query: str) -> list[str]:
+    """The query's lexemes under the pipeline's text-search configuration."""
+    terms = await conn.fetchval(QUERY_TERMS, pipeline, query)
+    return list(terms or [])
+
+
+async def vector_ranking(
+    pool: asyncpg.Pool,
+    vector: Sequence[float],
+    *,
+    pipeline: str,
+    owner: str,
+    limit: int,
+    documents: DocumentFilter,
+) -> list[tuple[int, float]]:
+    """The owner's `limit` chunks closest to `vector`: (chunk id, cosine distance), closest
+    first."""
+    if documents.empty:
+        rows = await search_chunks(
+            pool, vector, pipeline=pipeline, owner=owner, top_k=limit, document_ids=None
+        )
+    else:
+        metrics.API_SEARCH_EXACT.labels("document_filter").inc()
+        rows = await pool.fetch(
+            SEARCH_VECTOR_FILTERED,
+            pipeline,
+            owner,
+            limit,
+            *documents.parameters(),
+            Vector(list(vector)),
+        )
+    return [(row["id"], float(row["distance"])) for row in rows]
+
+
+async def keyword_ranking(
+    conn: Executor,
+    plan: TermPlan,
+    *,
+    pipeline: str,
+    owner: str,
+    limit: int,
+    documents: DocumentFilter,
+) -> list[tuple[int, float]]:
+    """The owner's `limit` chunks that best match the planned terms: (chunk id, rank), best
+    first."""
+    if not plan.candidates:
+        return []
+    terms = sorted(plan.weights)
+    rows = await conn.fetch(
+        SEARCH_KEYWORD if documents.empty else SEARCH_KEYWORD_FILTERED,
+        pipeline,
+        owner,
+        limit,
+        *(() if documents.empty else documents.parameters()),
+        tsquery_literal(plan.candidates, match_all=plan.match_all),
+        [tsquery_literal([term]) for term in terms],
+        [plan.weights[term] for term in terms],
+    )
+    return [(row["id"], float(row["rank"])) for row in rows]
+
+
+async def hit_rows(
+    conn: Executor, chunk_ids: Sequence[int], owner: str, highlight: str | None
+) -> dict[int, asyncpg.Record]:
+    """The chunks' rows with their documents' fields (and highlights of the terms of
+    `highlight`, a query text), by chunk id."""
+    rows = await conn.fetch(HIT_ROWS, list(chunk_ids), owner, highlight)
+    return {row["id"]: row for row in rows}
+
+
 async def retry_deadlocks(action: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
     """Run a transaction again when Postgres broke a deadlock by aborting it."""
     for attempt in range(attempts):
@@ -181,3 +436,20 @@ async def retry_deadlocks(action: Callable[[], Awaitable[T]], *, attempts: int =
                 raise
             await asyncio.sleep(0.01 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+async def owner_storage(conn: Executor, owner: str) -> tuple[int, int]:
+    """The owner's documents and their bytes, across pipelines."""
+    row = await conn.fetchrow(OWNER_STORAGE, owner)
+    assert row is not None
+    return int(row["documents"]), int(row["bytes"])
+
+
+async def owner_provider_usage(conn: Executor, owner: str) -> asyncpg.Record:
+    row = await conn.fetchrow(OWNER_PROVIDER_USAGE, owner)
+    assert row is not None
+    return row
+
+
+async def document_stored(conn: Executor, pipeline: str, owner: str, sha256: str) -> bool:
+    return bool(await conn.fetchval(DOCUMENT_STORED, pipeline, owner, sha256))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from docpipe_queue import jobs as queue
+from docpipe_queue import queries
 from docpipe_queue.jobs import NewJob
 
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -38,11 +41,15 @@ async def add_document(
     correlation_id: str | None = None,
     reprocess: bool = False,
     max_attempts: int = 5,
+    tags: Sequence[str] | None = None,
+    source_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> AddedDocument:
     """Store a document and enqueue its ingest job in one transaction.
 
     The same content from the same owner in the same pipeline is the same document: it is
-    returned as it is, unless `reprocess` asks for its job to run again.
+    returned as it is, unless `reprocess` asks for its job to run again. Tags, source URL and
+    metadata given (not None) are stored, replacing those of a document already there.
     """
     digest = hashlib.sha256(data).hexdigest()
     async with conn.transaction():
@@ -51,8 +58,10 @@ async def add_document(
         for _ in range(_ATTEMPTS):
             row = await conn.fetchrow(
                 "insert into docpipe.documents"
-                " (pipeline, owner, filename, content_type, size_bytes, sha256, content)"
-                " values ($1, $2, $3, $4, $5, $6, $7)"
+                " (pipeline, owner, filename, content_type, size_bytes, sha256, content,"
+                " tags, source_url, metadata)"
+                " values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, '{}'::text[]), $9,"
+                " coalesce($10, '{}'::jsonb))"
                 " on conflict (pipeline, owner, sha256) do nothing"
                 " returning id, status",
                 pipeline,
@@ -62,9 +71,14 @@ async def add_document(
                 len(data),
                 digest,
                 data,
+                list(tags) if tags is not None else None,
+                source_url,
+                metadata,
             )
             if row is not None:
-                return await _enqueue(conn, row["id"], True, pipeline, correlation_id, max_attempts)
+                return await _enqueue(
+                    conn, row["id"], True, pipeline, owner, correlation_id, max_attempts
+                )
             row = await conn.fetchrow(
                 "select id, status from docpipe.documents"
                 " where pipeline = $1 and owner = $2 and sha256 = $3",
@@ -74,22 +88,28 @@ async def add_document(
             )
             if row is None:
                 continue
+            if tags is not None or source_url is not None or metadata is not None:
+                await conn.execute(
+                    _UPDATE_METADATA,
+                    row["id"],
+                    list(tags) if tags is not None else None,
+                    source_url,
+                    metadata,
+                )
             if not reprocess:
                 return AddedDocument(row["id"], None, False, row["status"])
             if await _requeue(conn, row["id"]):
                 return await _enqueue(
-                    conn, row["id"], False, pipeline, correlation_id, max_attempts
+                    conn, row["id"], False, pipeline, owner, correlation_id, max_attempts
                 )
         raise RuntimeError(f"document {digest} kept disappearing while it was added")
 
 
-# Locks are taken jobs first, then the document: the order of the worker's store (its job, then
-# the document's chunks and row), of the job triggers and of deleting a document. Reprocessing
-# the other way round (document, then jobs) deadlocked with a worker storing the same document.
-_CANCEL_ACTIVE_JOBS = """
-update docpipe.jobs set status = 'cancelled', finished_at = now(),
-    lease_token = null, lease_expires_at = null
-where document_id = $1 and status in ('queued', 'running')
+_UPDATE_METADATA = """
+update docpipe.documents
+set tags = coalesce($2, tags), source_url = coalesce($3, source_url),
+    metadata = coalesce($4, metadata), updated_at = now()
+where id = $1
 """
 _MARK_PENDING = """
 update docpipe.documents set status = 'pending', error = null, updated_at = now()
@@ -105,7 +125,8 @@ _REPROCESSING_LOCK_CLASS = 0x6470  # "dp": docpipe's advisory locks on a documen
 async def _requeue(conn: Connection, document_id: uuid.UUID) -> bool:
     """Supersede the document's active jobs and mark it pending; False when it is gone."""
     await conn.execute(_SERIALIZE_REPROCESSING, _REPROCESSING_LOCK_CLASS, document_id)
-    await conn.execute(_CANCEL_ACTIVE_JOBS, document_id)
+    # Jobs first, then the document: see queries.CANCEL_DOCUMENT_JOBS.
+    await conn.execute(queries.CANCEL_DOCUMENT_JOBS, document_id)
     return await conn.fetchval(_MARK_PENDING, document_id) is not None
 
 
@@ -114,6 +135,7 @@ async def _enqueue(
     document_id: uuid.UUID,
     created: bool,
     pipeline: str,
+    owner: str,
     correlation_id: str | None,
     max_attempts: int,
 ) -> AddedDocument:
@@ -123,6 +145,7 @@ async def _enqueue(
             NewJob(
                 pipeline=pipeline,
                 document_id=document_id,
+                owner=owner,
                 correlation_id=correlation_id,
                 max_attempts=max_attempts,
             )

@@ -33,6 +33,9 @@ class NewJob:
     max_attempts: int = 5
     run_after: datetime | None = None
     correlation_id: str | None = None
+    # Whose work it is: fair claims take turns between owners (ADR 0006). A document's job
+    # carries the document's owner; '' is one more owner (jobs of no one in particular).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     correlation_id: str | None
+    owner: str = ""
 
     @property
     def id(self) -> int:
@@ -102,16 +106,45 @@ async def enqueue(conn: Executor, jobs: Sequence[NewJob]) -> list[int]:
         [j.max_attempts for j in jobs],
         [j.run_after for j in jobs],
         [j.correlation_id for j in jobs],
+        [j.owner for j in jobs],
     )
     return [r[0] for r in rows]
 
 
+# Where each pipeline's rotation of owners stands in this process: the owner served last by the
+# previous fair claim (the next claim starts after it). Every claimer of the process shares it;
+# processes rotate independently, each one fairly.
+_rotation: dict[str, str] = {}
+
+
 async def claim(
-    conn: Executor, pipeline: str, limit: int, *, lease_s: float, worker: str
+    conn: Executor,
+    pipeline: str,
+    limit: int,
+    *,
+    lease_s: float,
+    worker: str,
+    fair: bool = True,
+    after_owner: str | None = None,
 ) -> list[ClaimedJob]:
-    """Claim up to `limit` ready jobs of `pipeline`, by priority then age, under one new lease."""
+    """Claim up to `limit` ready jobs of `pipeline` under one new lease, in claim order.
+
+    Fair (the default, ADR 0006): owners take turns, each owner's jobs by priority then age; the
+    rotation starts after `after_owner`, by default after the owner this process served last.
+    Not fair: by priority then age, whoever the owner.
+    """
     token = uuid.uuid4()
-    rows = await conn.fetch(queries.CLAIM, pipeline, limit, token, float(lease_s), worker)
+    if not fair:
+        rows = await conn.fetch(
+            queries.CLAIM_IN_ORDER, pipeline, limit, token, float(lease_s), worker
+        )
+    else:
+        cursor = _rotation.get(pipeline, "") if after_owner is None else after_owner
+        rows = await conn.fetch(
+            queries.CLAIM, pipeline, limit, token, float(lease_s), worker, cursor
+        )
+        if rows and rows[0]["cursor"] is not None:
+            _rotation[pipeline] = rows[0]["cursor"]
     return [
         ClaimedJob(
             lease=Lease(r[0], token),
@@ -122,6 +155,7 @@ async def claim(
             attempt=r[4],
             max_attempts=r[5],
             correlation_id=r[6],
+            owner=r[7],
         )
         for r in rows
     ]

@@ -1,5 +1,9 @@
 """The SQL of the job queue, one constant per query shape (snapshot-tested in tests/unit).
 
+Every statement that inserts, updates or deletes jobs lives here, also those that other modules
+run as part of their own work (the ingest pipeline's store, cancelling a document's jobs):
+tests/unit/test_job_statements.py fails on one anywhere else.
+
 Every statement that changes a running job names the lease it acts under (job id and lease
 token) and matches only while that lease is current, so a worker that lost its lease can never
 complete, fail or release a job someone else now holds.
@@ -17,18 +21,117 @@ NOTIFY_CHANNEL = "docpipe_jobs"
 
 ENQUEUE = """
 insert into docpipe.jobs
-    (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id)
+    (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
+     owner)
 select j.pipeline, j.kind, j.document_id, j.payload, j.priority, j.max_attempts,
-       coalesce(j.run_after, now()), j.correlation_id
+       coalesce(j.run_after, now()), j.correlation_id, j.owner
 from unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::smallint[], $6::int[],
-            $7::timestamptz[], $8::text[])
-    as j(pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id)
+            $7::timestamptz[], $8::text[], $9::text[])
+    as j(pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
+         owner)
 returning id
 """
 
-# Priority first, then how long the job has been ready. SKIP LOCKED lets concurrent claimers pass
-# each other's rows instead of queueing on them.
+# The fair claim (ADR 0006): owners take turns within a pipeline; priority, then age, orders the
+# jobs of one owner. $6 is the rotation's cursor: the owner served last by the previous claim.
+# * round: the owners with queued jobs, in owner order starting after the cursor and wrapping,
+#   at most $2 of them, found by a loose index scan of jobs_ready_owner (one probe per owner);
+# * offered: each owner of the round offers up to ceil($2 / owners) of its ready jobs, locked
+#   with SKIP LOCKED so that concurrent claimers pass each other's rows;
+# * picked: the offers in turns (every owner's first job, then every owner's second, ...),
+#   the first $2 of them; the owner of the last turn becomes the next cursor;
+# * rest: slots the round left free (owners with fewer ready jobs than their share) go to the
+#   pipeline's other ready jobs in the plain order, so a claim never stops short of work.
+# Returned in turn order, each job with the next cursor.
 CLAIM = """
+with recursive after_cursor(owner, n) as (
+    select (select owner from docpipe.jobs
+            where status = 'queued' and pipeline = $1 and owner > $6
+            order by owner limit 1), 1
+    union all
+    select (select j.owner from docpipe.jobs j
+            where j.status = 'queued' and j.pipeline = $1 and j.owner > a.owner
+            order by j.owner limit 1), a.n + 1
+    from after_cursor a
+    where a.owner is not null and a.n < $2
+),
+up_to_cursor(owner, n) as (
+    select (select owner from docpipe.jobs
+            where status = 'queued' and pipeline = $1 and owner <= $6
+            order by owner limit 1), 1
+    union all
+    select (select j.owner from docpipe.jobs j
+            where j.status = 'queued' and j.pipeline = $1 and j.owner > u.owner and j.owner <= $6
+            order by j.owner limit 1), u.n + 1
+    from up_to_cursor u
+    where u.owner is not null and u.n < $2
+),
+round as (
+    select owner, row_number() over (order by owner <= $6, owner) as pos
+    from (select owner from after_cursor where owner is not null
+          union all
+          select owner from up_to_cursor where owner is not null) o
+    order by owner <= $6, owner
+    limit $2
+),
+offered as (
+    select r.owner, r.pos, c.id, c.priority, c.run_after
+    from round r
+    cross join lateral (
+        select id, priority, run_after from docpipe.jobs
+        where status = 'queued' and pipeline = $1 and owner = r.owner and run_after <= now()
+        order by priority desc, run_after, id
+        limit (select ceil($2::numeric / count(*))::int from round)
+        for update skip locked
+    ) c
+),
+picked as (
+    -- One owner (a backlog alone in its pipeline): its offer, in its order, is the claim.
+    select id, owner, row_number() over () as turn
+    from offered where (select count(*) from round) = 1
+    union all
+    (select id, owner, row_number() over (order by rank, pos) as turn
+     from (select id, owner, pos, row_number() over (
+               partition by owner order by priority desc, run_after, id) as rank
+           from offered where (select count(*) from round) > 1) o
+     order by turn
+     limit $2)
+),
+rest as (
+    select id, priority, run_after from docpipe.jobs
+    where status = 'queued' and pipeline = $1 and run_after <= now()
+      and id not in (select id from picked)
+    order by priority desc, run_after, id
+    limit $2 - (select count(*) from picked)
+    for update skip locked
+),
+next as (
+    select id, turn from picked
+    union all
+    select id, (select count(*) from picked)
+               + row_number() over (order by priority desc, run_after, id)
+    from rest
+),
+-- By primary key: joined with `next` instead, the planner's estimate of the rows to come
+-- (the unknown number `rest` adds) makes it hash the whole table.
+claimed as (
+    update docpipe.jobs j
+    set status = 'running', attempts = j.attempts + 1, lease_token = $3,
+        lease_expires_at = now() + make_interval(secs => $4), worker = $5
+    where j.id = any(array(select id from next))
+    returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts,
+              j.correlation_id, j.owner
+)
+select c.id, c.kind, c.document_id, c.payload, c.attempts, c.max_attempts, c.correlation_id,
+       c.owner, next.turn, (select owner from picked order by turn desc limit 1) as cursor
+from claimed c join next on next.id = c.id
+order by next.turn
+"""
+
+# The order before fair claims (DOCPIPE_FAIR_CLAIMS=false): priority first, then how long the job
+# has been ready, whatever its owner. SKIP LOCKED lets concurrent claimers pass each other's rows
+# instead of queueing on them.
+CLAIM_IN_ORDER = """
 with next as (
     select id from docpipe.jobs
     where status = 'queued' and pipeline = $1 and run_after <= now()
@@ -41,7 +144,8 @@ set status = 'running', attempts = j.attempts + 1, lease_token = $3,
     lease_expires_at = now() + make_interval(secs => $4), worker = $5
 from next
 where j.id = next.id
-returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.correlation_id
+returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.correlation_id,
+          j.owner
 """
 
 COMPLETE = """
@@ -124,6 +228,28 @@ where id = $1 and status in ('queued', 'running')
 returning id
 """
 
+# The active jobs of a document, superseded when it is reprocessed (docpipe_queue.documents).
+# Locks are taken jobs first, then the document: the order of the worker's store (its job, then
+# the document's chunks and row), of the job triggers and of deleting a document. Reprocessing
+# the other way round (document, then jobs) deadlocked with a worker storing the same document.
+CANCEL_DOCUMENT_JOBS = """
+update docpipe.jobs set status = 'cancelled', finished_at = now(),
+    lease_token = null, lease_expires_at = null
+where document_id = $1 and status in ('queued', 'running')
+"""
+
+# The active jobs of the owner's document, before the intake API deletes it. Jobs are taken
+# first, then the document: the same order as the worker's store, which locks its job and then
+# writes the document's chunks, so the two cannot deadlock. Cancelling clears the lease, so a
+# worker still processing the document drops its result. The delete cascades to the chunks and
+# the jobs.
+CANCEL_OWNED_DOCUMENT_JOBS = """
+update docpipe.jobs
+set status = 'cancelled', finished_at = now(), lease_token = null, lease_expires_at = null
+where document_id = $1 and status in ('queued', 'running')
+  and exists (select 1 from docpipe.documents where id = $1 and owner = $2)
+"""
+
 RETRY = """
 with retried as (
     update docpipe.jobs
@@ -133,6 +259,62 @@ with retried as (
 )
 select id, pg_notify('{channel}', pipeline) from retried
 """.replace("{channel}", NOTIFY_CHANNEL)
+
+# After a restore (docpipe backup/restore): the jobs that were running when the backup was taken
+# have no worker any more. They go back to the queue at once, not after their lease expires, and
+# the interrupted attempt is given back (it did not fail; the worker's result was lost with the
+# old database), so they are redone rather than lost or buried. Returns each requeued job's id.
+REQUEUE_RESTORED = """
+with requeued as (
+    update docpipe.jobs
+    set status = 'queued', run_after = now(), attempts = greatest(attempts - 1, 0),
+        last_error = 'requeued by docpipe restore: running when the backup was taken',
+        lease_token = null, lease_expires_at = null, worker = null
+    where status = 'running'
+    returning id, pipeline
+)
+select id, pipeline, pg_notify('{channel}', pipeline) as notified from requeued
+""".replace("{channel}", NOTIFY_CHANNEL)
+
+# The ingest pipeline's last stage, one statement, so one round trip and atomic by itself: it
+# takes the job row under the worker's lease (a cancel or rescue that got there first wins; one
+# that comes later waits), replaces the document's chunks, marks the document processed and
+# completes the job. It returns the number of chunks stored, or no row when the lease was lost.
+# The insert reads the delete's output, which makes Postgres finish the delete first: the new
+# chunks never meet the old ones in the unique index.
+STORE_AND_COMPLETE = """
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and exists (select 1 from held)
+    returning 1
+),
+inserted as (
+    insert into docpipe.chunks
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+    from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
+        as c(ordinal, content, heading, char_start, char_end, embedding)
+    where exists (select 1 from held) and (select count(*) from removed) >= 0
+    returning 1
+),
+document as (
+    update docpipe.documents
+    set status = 'processed', chunk_count = (select count(*) from inserted), error = null,
+        processed_at = now(), updated_at = now()
+    where id = $3 and exists (select 1 from held)
+),
+completed as (
+    update docpipe.jobs
+    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
+    where id in (select id from held)
+)
+select (select count(*) from inserted) from held
+"""
 
 GET = """
 select id, pipeline, kind, document_id, payload, priority, status, attempts, max_attempts,

@@ -122,10 +122,10 @@ async def test_searches_answered_by_the_exact_scan_are_counted_by_reason(
 ) -> None:
     before = await _exact_searches(api)
     # Three chunks in all: the index finds both of two, but not five of three.
-    await api.call("POST", SEARCH, json={"query": "tide", "top_k": 2})
+    await api.call("POST", SEARCH, json={"query": "tide", "top_k": 2, "mode": "vector"})
     assert await _exact_searches(api) == before
-    await api.call("POST", SEARCH, json={"query": "tide", "top_k": 5})
-    query = {"query": "tide", "document_ids": [corpus["bikes.md"]]}
+    await api.call("POST", SEARCH, json={"query": "tide", "top_k": 5, "mode": "vector"})
+    query = {"query": "tide", "document_ids": [corpus["bikes.md"]], "mode": "vector"}
     await api.call("POST", SEARCH, json=query)
     after = await _exact_searches(api)
     assert after["too_few_hits"] == before["too_few_hits"] + 1

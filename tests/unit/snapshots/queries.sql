@@ -4,7 +4,102 @@ set status = 'cancelled', finished_at = now(), lease_token = null, lease_expires
 where id = $1 and status in ('queued', 'running')
 returning id;
 
+-- CANCEL_DOCUMENT_JOBS
+update docpipe.jobs set status = 'cancelled', finished_at = now(),
+    lease_token = null, lease_expires_at = null
+where document_id = $1 and status in ('queued', 'running');
+
+-- CANCEL_OWNED_DOCUMENT_JOBS
+update docpipe.jobs
+set status = 'cancelled', finished_at = now(), lease_token = null, lease_expires_at = null
+where document_id = $1 and status in ('queued', 'running')
+  and exists (select 1 from docpipe.documents where id = $1 and owner = $2);
+
 -- CLAIM
+with recursive after_cursor(owner, n) as (
+    select (select owner from docpipe.jobs
+            where status = 'queued' and pipeline = $1 and owner > $6
+            order by owner limit 1), 1
+    union all
+    select (select j.owner from docpipe.jobs j
+            where j.status = 'queued' and j.pipeline = $1 and j.owner > a.owner
+            order by j.owner limit 1), a.n + 1
+    from after_cursor a
+    where a.owner is not null and a.n < $2
+),
+up_to_cursor(owner, n) as (
+    select (select owner from docpipe.jobs
+            where status = 'queued' and pipeline = $1 and owner <= $6
+            order by owner limit 1), 1
+    union all
+    select (select j.owner from docpipe.jobs j
+            where j.status = 'queued' and j.pipeline = $1 and j.owner > u.owner and j.owner <= $6
+            order by j.owner limit 1), u.n + 1
+    from up_to_cursor u
+    where u.owner is not null and u.n < $2
+),
+round as (
+    select owner, row_number() over (order by owner <= $6, owner) as pos
+    from (select owner from after_cursor where owner is not null
+          union all
+          select owner from up_to_cursor where owner is not null) o
+    order by owner <= $6, owner
+    limit $2
+),
+offered as (
+    select r.owner, r.pos, c.id, c.priority, c.run_after
+    from round r
+    cross join lateral (
+        select id, priority, run_after from docpipe.jobs
+        where status = 'queued' and pipeline = $1 and owner = r.owner and run_after <= now()
+        order by priority desc, run_after, id
+        limit (select ceil($2::numeric / count(*))::int from round)
+        for update skip locked
+    ) c
+),
+picked as (
+    -- One owner (a backlog alone in its pipeline): its offer, in its order, is the claim.
+    select id, owner, row_number() over () as turn
+    from offered where (select count(*) from round) = 1
+    union all
+    (select id, owner, row_number() over (order by rank, pos) as turn
+     from (select id, owner, pos, row_number() over (
+               partition by owner order by priority desc, run_after, id) as rank
+           from offered where (select count(*) from round) > 1) o
+     order by turn
+     limit $2)
+),
+rest as (
+    select id, priority, run_after from docpipe.jobs
+    where status = 'queued' and pipeline = $1 and run_after <= now()
+      and id not in (select id from picked)
+    order by priority desc, run_after, id
+    limit $2 - (select count(*) from picked)
+    for update skip locked
+),
+next as (
+    select id, turn from picked
+    union all
+    select id, (select count(*) from picked)
+               + row_number() over (order by priority desc, run_after, id)
+    from rest
+),
+-- By primary key: joined with `next` instead, the planner's estimate of the rows to come
+-- (the unknown number `rest` adds) makes it hash the whole table.
+claimed as (
+    update docpipe.jobs j
+    set status = 'running', attempts = j.attempts + 1, lease_token = $3,
+        lease_expires_at = now() + make_interval(secs => $4), worker = $5
+    where j.id = any(array(select id from next))
+    returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts,
+              j.correlation_id, j.owner
+)
+select c.id, c.kind, c.document_id, c.payload, c.attempts, c.max_attempts, c.correlation_id,
+       c.owner, next.turn, (select owner from picked order by turn desc limit 1) as cursor
+from claimed c join next on next.id = c.id
+order by next.turn;
+
+-- CLAIM_IN_ORDER
 with next as (
     select id from docpipe.jobs
     where status = 'queued' and pipeline = $1 and run_after <= now()
@@ -17,7 +112,8 @@ set status = 'running', attempts = j.attempts + 1, lease_token = $3,
     lease_expires_at = now() + make_interval(secs => $4), worker = $5
 from next
 where j.id = next.id
-returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.correlation_id;
+returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.correlation_id,
+          j.owner;
 
 -- COMPLETE
 update docpipe.jobs j
@@ -28,12 +124,14 @@ returning j.id;
 
 -- ENQUEUE
 insert into docpipe.jobs
-    (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id)
+    (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
+     owner)
 select j.pipeline, j.kind, j.document_id, j.payload, j.priority, j.max_attempts,
-       coalesce(j.run_after, now()), j.correlation_id
+       coalesce(j.run_after, now()), j.correlation_id, j.owner
 from unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::smallint[], $6::int[],
-            $7::timestamptz[], $8::text[])
-    as j(pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id)
+            $7::timestamptz[], $8::text[], $9::text[])
+    as j(pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
+         owner)
 returning id;
 
 -- FAIL
@@ -80,6 +178,17 @@ with released as (
     returning j.id, j.pipeline
 )
 select id, pg_notify('docpipe_jobs', pipeline) from released;
+
+-- REQUEUE_RESTORED
+with requeued as (
+    update docpipe.jobs
+    set status = 'queued', run_after = now(), attempts = greatest(attempts - 1, 0),
+        last_error = 'requeued by docpipe restore: running when the backup was taken',
+        lease_token = null, lease_expires_at = null, worker = null
+    where status = 'running'
+    returning id, pipeline
+)
+select id, pipeline, pg_notify('docpipe_jobs', pipeline) as notified from requeued;
 
 -- RESCUE
 with expired as (
@@ -140,3 +249,36 @@ select coalesce(q.pipeline, r.pipeline) as pipeline,
        coalesce(extract(epoch from now() - q.oldest_ready), 0)::float8 as oldest_ready_age_s
 from queued q full join running r on q.pipeline = r.pipeline
 order by 1;
+
+-- STORE_AND_COMPLETE
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and exists (select 1 from held)
+    returning 1
+),
+inserted as (
+    insert into docpipe.chunks
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+    from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
+        as c(ordinal, content, heading, char_start, char_end, embedding)
+    where exists (select 1 from held) and (select count(*) from removed) >= 0
+    returning 1
+),
+document as (
+    update docpipe.documents
+    set status = 'processed', chunk_count = (select count(*) from inserted), error = null,
+        processed_at = now(), updated_at = now()
+    where id = $3 and exists (select 1 from held)
+),
+completed as (
+    update docpipe.jobs
+    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
+    where id in (select id from held)
+)
+select (select count(*) from inserted) from held;
