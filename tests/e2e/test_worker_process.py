@@ -17,7 +17,6 @@ import aiohttp
 import asyncpg
 import pytest
 
-from docpipe_cli.devstack import free_port
 from docpipe_mocks.faults import FaultConfig, ServiceFaults
 from docpipe_mocks.server import MockConfig
 from docpipe_queue.database import create_pool
@@ -26,6 +25,7 @@ from docpipe_queue.embedded import start_embedded_postgres
 from docpipe_queue.migrator import migrate
 from tests.samples import markdown_bytes
 from tests.support.mocks import serve
+from tests.support.ports import free_port
 
 Process = asyncio.subprocess.Process
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from rich.console import Console
@@ -69,8 +70,11 @@ async def ingest_paths(
     wait: bool = True,
     timeout_s: float | None = None,
     console: Console | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> IngestReport:
-    """Add the files to `pipeline` and, when `wait`, follow them until processed or failed."""
+    """Add the files to `pipeline` (with `tags` and `metadata`, when given) and, when `wait`,
+    follow them until processed or failed."""
     console = console or Console(stderr=True)
     files, skipped = find_files(paths)
     report = IngestReport(skipped=[str(p) for p in skipped])
@@ -90,6 +94,8 @@ async def ingest_paths(
                     data=path.read_bytes(),
                     correlation_id=correlation_id,
                     reprocess=reprocess,
+                    tags=sorted(set(tags)) if tags else None,
+                    metadata=metadata,
                 )
                 if added.job_id is None:
                     report.unchanged += 1

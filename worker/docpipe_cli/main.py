@@ -9,16 +9,21 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from docpipe_cli.logs import configure_logging
 from docpipe_contracts.configuration import SettingsError
 from docpipe_contracts.errors import PermanentError, StartupError
-from docpipe_queue import jobs as queue
-from docpipe_queue import statistics
-from docpipe_queue.database import resolve_database_url
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MigrationError, migrate
+
+# Whatever a command needs beyond the base dependencies (the queue's statements, the parsers,
+# pgvector, the intake API, Kopf, the mocks) it imports when it runs: each image installs only its
+# role's extra (pyproject.toml), so `docpipe operator` and `docpipe mocks` must start without the
+# others' packages (tests/chart/test_images.py).
+if TYPE_CHECKING:
+    from docpipe_queue.statistics import PipelineStats
 
 
 class UsageError(Exception):
@@ -33,7 +38,9 @@ def _database_arg(parser: argparse.ArgumentParser) -> None:
 
 
 async def _connect(url: str | None) -> asyncpg.Connection:
-    return await asyncpg.connect(resolve_database_url(url))
+    from docpipe_queue.database import connect, resolve_database_url
+
+    return await connect(resolve_database_url(url))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -54,6 +61,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from docpipe_queue import jobs as queue
+    from docpipe_queue import statistics
+
     async def run() -> int:
         conn = await _connect(args.database_url)
         try:
@@ -92,6 +102,31 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from docpipe_queue import document_usage as usage
+
+    try:
+        since = usage.parse_since(args.since, now=datetime.now(UTC)) if args.since else None
+        prices = usage.parse_prices(
+            args.price_per_million_tokens, args.price_per_thousand_pages, os.environ
+        )
+    except usage.UsageInputError as exc:
+        raise UsageError(str(exc)) from None
+
+    async def run() -> usage.UsageReport:
+        conn = await _connect(args.database_url)
+        try:
+            return await usage.report(conn, by=args.by, since=since, prices=prices)
+        finally:
+            await conn.close()
+
+    result = asyncio.run(run())
+    print(json.dumps(result.as_json()) if args.json else usage.render_text(result))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from docpipe_contracts.configuration import load_settings
     from docpipe_ingest.runner import run_worker
@@ -115,6 +150,7 @@ def cmd_mocks(args: argparse.Namespace) -> int:
 
     from docpipe_mocks.faults import FaultConfig, ServiceFaults
     from docpipe_mocks.llamaparse import LlamaParseSettings
+    from docpipe_mocks.quotas import LlamaParseQuotas, OpenAIQuotas, QuotaConfig
     from docpipe_mocks.server import MockConfig, run
 
     try:
@@ -130,8 +166,24 @@ def cmd_mocks(args: argparse.Namespace) -> int:
                 malformed_rate=args.malformed_rate,
             )
             faults = FaultConfig(seed=args.seed, llamaparse=each, openai=each)
+        if args.quotas_json:
+            quotas = QuotaConfig.model_validate_json(args.quotas_json)
+        else:
+            quotas = QuotaConfig(
+                openai=OpenAIQuotas(
+                    requests_per_minute=args.openai_rpm,
+                    tokens_per_minute=args.openai_tpm,
+                    insufficient_quota=args.openai_insufficient_quota,
+                ),
+                llamaparse=LlamaParseQuotas(
+                    uploads_per_window=args.llamaparse_uploads,
+                    window_seconds=args.llamaparse_window,
+                ),
+            )
         config = MockConfig(
-            faults=faults, llamaparse=LlamaParseSettings(pending_polls=args.pending_polls)
+            faults=faults,
+            quotas=quotas,
+            llamaparse=LlamaParseSettings(pending_polls=args.pending_polls),
         )
     except ValidationError as exc:
         problems = "; ".join(
@@ -167,7 +219,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from docpipe_cli.ingest import ingest_paths, print_report
-    from docpipe_queue.database import create_pool
+    from docpipe_queue.database import create_pool, resolve_database_url
 
     paths = [Path(p) for p in args.paths]
     for path in paths:
@@ -186,6 +238,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 reprocess=args.reprocess,
                 wait=not args.no_wait,
                 timeout_s=args.timeout,
+                tags=args.tag or None,
+                metadata=_metadata_arg(args.metadata),
             )
         finally:
             await pool.close()
@@ -248,6 +302,8 @@ def _ingest_through_api(args: argparse.Namespace, paths: list[Path]) -> int:
                 reprocess=args.reprocess,
                 wait=not args.no_wait,
                 timeout_s=args.timeout,
+                tags=args.tag or None,
+                metadata=_metadata_arg(args.metadata),
             )
         if args.json:
             print(json.dumps(report.__dict__))
@@ -256,6 +312,18 @@ def _ingest_through_api(args: argparse.Namespace, paths: list[Path]) -> int:
         return 0 if report.ok else 1
 
     return asyncio.run(run())
+
+
+def _metadata_arg(raw: str | None) -> dict[str, object] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise UsageError(f"--metadata must be a JSON object, got {raw[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--metadata must be a JSON object, like '{\"team\": \"docs\"}'")
+    return value
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -276,7 +344,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         async with aiohttp.ClientSession() as session:
             try:
                 result = await ApiClient(session, url, token).search(
-                    args.query, pipeline=args.pipeline, top_k=args.top_k, document_ids=documents
+                    args.query,
+                    pipeline=args.pipeline,
+                    top_k=args.top_k,
+                    document_ids=documents,
+                    mode=args.mode,
+                    filter={"tags": args.tag} if args.tag else None,
                 )
             except ApiClientError as exc:
                 raise UsageError(str(exc)) from None
@@ -287,6 +360,58 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import aiohttp
+    from rich.console import Console
+    from rich.table import Table
+
+    from docpipe_cli.api_client import ApiClient, ApiClientError
+    from docpipe_cli.evaluation import MODES, document_key, load_questions, score_mode
+
+    url, token = _api_target(args)
+    try:
+        questions = load_questions(Path(args.questions))
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    modes = [args.mode] if args.mode else list(MODES)
+
+    async def run() -> list[dict[str, object]]:
+        results = []
+        async with aiohttp.ClientSession() as session:
+            client = ApiClient(session, url, token)
+            for mode in modes:
+                ranked = []
+                for question in questions:
+                    try:
+                        found = await client.search(
+                            question.question, pipeline=args.pipeline, top_k=args.k, mode=mode
+                        )
+                    except ApiClientError as exc:
+                        raise UsageError(str(exc)) from None
+                    ranked.append([document_key(hit) for hit in found.hits])
+                results.append(score_mode(mode, ranked, questions, args.k).__dict__)
+        return results
+
+    scores = asyncio.run(run())
+    if args.json:
+        print(json.dumps({"k": args.k, "modes": scores}))
+        return 0
+    table = Table(title=f"{len(questions)} questions, top {args.k}")
+    for column in ("mode", f"hit@{args.k}", "MRR", f"recall@{args.k}"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for row in scores:
+        table.add_row(
+            str(row["mode"]),
+            f"{row['hit_at_k']:.3f}",
+            f"{row['mrr']:.3f}",
+            f"{row['recall_at_k']:.3f}",
+        )
+    Console().print(table)
+    return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -355,8 +480,56 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from docpipe_cli.backup import backup, describe_size
+    from docpipe_queue.database import resolve_database_url
+
+    output = Path(args.output)
+    found, tool = asyncio.run(backup(resolve_database_url(args.database_url), output))
+    print(
+        f"backed up the docpipe schema to {output} ({describe_size(output)}; "
+        f"{found.documents} documents, {found.chunks} chunks, {found.jobs} jobs, "
+        f"{found.running_jobs} running: redone after a restore; {tool.path.name} {tool.major})"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from docpipe_cli.backup import restore
+    from docpipe_queue.database import resolve_database_url
+
+    url = resolve_database_url(args.database_url)
+    result = asyncio.run(restore(url, Path(args.file), force=args.force))
+    restored = result.contents
+    replaced = " (replacing the docpipe schema that was there)" if result.replaced else ""
+    print(
+        f"restored {args.file}{replaced}: {restored.documents} documents, {restored.chunks} "
+        f"chunks, {restored.jobs} jobs; {result.requeued} jobs that were running at backup time "
+        "are queued again. Run `docpipe migrate` if this docpipe is newer than the backup."
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from docpipe_cli.verify import resolve_tokens, verify
+
+    url = args.api_url or os.environ.get("DOCPIPE_API_URL")
+    if not url:
+        raise UsageError("no API URL: pass --api-url or set DOCPIPE_API_URL")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    tokens = resolve_tokens(args.token, args.read_only_token)
+    report = asyncio.run(
+        verify(url, tokens, pipeline=args.pipeline, timeout_s=args.timeout, progress=sys.stderr)
+    )
+    print(json.dumps(report.as_json()) if args.json else report.render())
+    return 0 if report.ok else 1
+
+
 async def _purge(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     from rich.progress import Progress
+
+    from docpipe_queue import jobs as queue
 
     days = args.older_than_days
     if days is None or days < 0:
@@ -381,7 +554,7 @@ async def _purge(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(stats: statistics.PipelineStats) -> dict[str, object]:
+def _row(stats: PipelineStats) -> dict[str, object]:
     return {
         "pipeline": stats.pipeline,
         "ready": stats.ready,
@@ -391,7 +564,7 @@ def _row(stats: statistics.PipelineStats) -> dict[str, object]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="docpipe", description="Document ingestion into pgvector, run as a worker fleet."
     )
@@ -408,6 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     _database_arg(p)
     p.set_defaults(func=cmd_migrate)
 
+    p = sub.add_parser("backup", help="dump the docpipe schema to a file (pg_dump)")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="the backup to write")
+    _database_arg(p)
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore", help="load a backup into a fresh database; running jobs are redone"
+    )
+    p.add_argument("file", metavar="FILE", help="a file written by `docpipe backup`")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a docpipe schema that holds documents or jobs (they are lost)",
+    )
+    _database_arg(p)
+    p.set_defaults(func=cmd_restore)
+
     p = sub.add_parser("jobs", help="inspect and steer the job queue")
     p.add_argument("action", choices=["stats", "show", "retry", "cancel", "purge"])
     p.add_argument("job_id", nargs="?", type=int)
@@ -423,6 +613,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _database_arg(p)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("usage", help="provider usage and cost per owner or pipeline")
+    p.add_argument("--by", choices=["owner", "pipeline"], required=True, help="how to group")
+    p.add_argument(
+        "--since",
+        help="only documents processed since: a date (2026-11-01, UTC), a time "
+        "(2026-11-01T08:00:00Z) or an age (30m, 12h, 7d, 2w); default: all",
+    )
+    p.add_argument(
+        "--price-per-million-tokens",
+        metavar="PRICE",
+        help="cost of a million embedding tokens (default: $DOCPIPE_PRICE_PER_MILLION_TOKENS)",
+    )
+    p.add_argument(
+        "--price-per-thousand-pages",
+        metavar="PRICE",
+        help="cost of a thousand parsed pages (default: $DOCPIPE_PRICE_PER_THOUSAND_PAGES)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _database_arg(p)
+    p.set_defaults(func=cmd_usage)
 
     p = sub.add_parser("worker", help="drain a pipeline's jobs (configured by environment)")
     p.set_defaults(func=cmd_worker)
@@ -441,6 +652,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pending-polls", type=int, default=1, help="LlamaParse polls answered PENDING first"
     )
+    p.add_argument(
+        "--openai-rpm", type=int, help="embedding requests per minute per API key (none)"
+    )
+    p.add_argument(
+        "--openai-tpm", type=int, help="embedding input tokens per minute per API key (none)"
+    )
+    p.add_argument(
+        "--openai-insufficient-quota",
+        action="store_true",
+        help="answer every embeddings request 429 insufficient_quota",
+    )
+    p.add_argument("--llamaparse-uploads", type=int, help="uploads per window per API key (none)")
+    p.add_argument(
+        "--llamaparse-window", type=int, default=10, help="the upload window, in seconds"
+    )
+    p.add_argument("--quotas-json", help="the whole quota configuration as JSON (per service)")
     p.set_defaults(func=cmd_mocks)
 
     p = sub.add_parser("dev", help="run Postgres, mocks and workers locally (Ctrl-C stops)")
@@ -471,6 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default with --token: $DOCPIPE_API_URL)",
     )
     p.add_argument("--token", help="bearer token for the API (default: $DOCPIPE_API_TOKEN)")
+    p.add_argument(
+        "--tag", action="append", default=[], help="tag the documents (repeatable)"
+    )
+    p.add_argument("--metadata", help="a JSON object stored with each document")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("api", help="serve the intake HTTP API (configured by environment)")
@@ -480,7 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("token", help="mint a bearer token for the intake API (development)")
-    p.add_argument("--subject", default="dev", help="the owner the token acts as (default: dev)")
+    p.add_argument(
+        "--subject",
+        default="dev",
+        help="the owner the token acts as (default: dev, the owner `docpipe dev` ingests as)",
+    )
     p.add_argument("--scopes", default="read write search", help="space- or comma-separated scopes")
     p.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     p.set_defaults(func=cmd_token)
@@ -490,12 +725,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default="default")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument(
+        "--mode",
+        choices=["vector", "keyword", "hybrid"],
+        default="hybrid",
+        help="embeddings, full-text search, or both fused (default: hybrid)",
+    )
+    p.add_argument(
+        "--tag", action="append", default=[], help="only documents with this tag (repeatable)"
+    )
+    p.add_argument(
         "--document", action="append", default=[], metavar="ID", help="search only this document"
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--api-url", help="the intake API (default: $DOCPIPE_API_URL)")
     p.add_argument("--token", help="bearer token (default: $DOCPIPE_API_TOKEN)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "eval", help="score search on questions with known answers: hit@k, MRR, recall per mode"
+    )
+    p.add_argument("questions", metavar="QUERIES.json", help='[{"question", "accepted": [...]}]')
+    p.add_argument("--pipeline", default="default")
+    p.add_argument("-k", "--k", type=int, default=5, help="hits per question (default: 5)")
+    p.add_argument("--mode", choices=["vector", "keyword", "hybrid"], help="only this mode")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--api-url", help="the intake API (default: $DOCPIPE_API_URL)")
+    p.add_argument("--token", help="bearer token (default: $DOCPIPE_API_TOKEN)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "verify", help="check a deployment end to end through its API (exit 0: all passed)"
+    )
+    p.add_argument("--api-url", help="the intake API (default: $DOCPIPE_API_URL)")
+    p.add_argument(
+        "--token",
+        help="token with read, write and search scopes (default: $DOCPIPE_API_TOKEN, else "
+        "minted from $DOCPIPE_API_JWT_SECRET)",
+    )
+    p.add_argument(
+        "--read-only-token",
+        help="token without the search scope, for the 403 check (default: "
+        "$DOCPIPE_VERIFY_READ_ONLY_TOKEN, else minted from $DOCPIPE_API_JWT_SECRET)",
+    )
+    p.add_argument(
+        "--pipeline",
+        default=os.environ.get("DOCPIPE_VERIFY_PIPELINE", "default"),
+        help="where the probe document goes (default: $DOCPIPE_VERIFY_PIPELINE or default)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the probe (120)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator for DocumentPipelines")
     p.add_argument(
@@ -521,7 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `docpipe` console script."""
-    args = build_parser().parse_args(argv)
+    args = build_argument_parser().parse_args(argv)
     configure_logging(json_logs=False)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
