@@ -26,7 +26,7 @@ MAX_METADATA_BYTES = 8192
 MAX_FILTER_VALUES = 32
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class _Response(BaseModel):
@@ -83,15 +83,22 @@ class DocumentMetadata(BaseModel):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https", "ftp", "file") or _CONTROL.search(value):
+        try:
+            scheme = urlsplit(value).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("http", "https", "ftp", "file") or _CONTROL.search(value):
             raise ValueError("must be an http, https, ftp or file URL")
         return value
 
     @field_validator("metadata")
     @classmethod
     def _size(cls, value: dict[str, Any]) -> dict[str, Any]:
-        size = len(json.dumps(value, separators=(",", ":")).encode())
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise ValueError("must hold only finite numbers") from None
+        size = len(text.encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(
                 f"is {size} bytes as JSON; at most {MAX_METADATA_BYTES} bytes are allowed"

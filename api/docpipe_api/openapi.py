@@ -14,6 +14,10 @@ from pydantic.json_schema import models_json_schema
 
 from docpipe_api.app import DEFAULT_PAGE_SIZE, MAX_FILENAME_CHARS, MAX_PAGE_SIZE
 from docpipe_api.models import (
+    MAX_METADATA_BYTES,
+    MAX_SOURCE_URL_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
     Document,
     DocumentDetail,
     DocumentPage,
@@ -31,6 +35,9 @@ from docpipe_contracts.correlation import HEADER as REQUEST_ID_HEADER
 from docpipe_contracts.correlation import MAX_LENGTH as REQUEST_ID_MAX_LENGTH
 
 _REF = "#/components/schemas/{model}"
+# Characters a tag or URL may not hold (C0 and C1 controls, DEL), as a regex class body.
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
+_TEXT = f"[^{_CONTROL}]"
 _BIGINT_MAX = 2**63 - 1
 
 _ERRORS = {
@@ -175,10 +182,48 @@ def build_openapi() -> dict[str, Any]:
                             "is absent or application/octet-stream, its file name's extension) "
                             f"must be one of: {', '.join(content_types)}. File names longer than "
                             f"{MAX_FILENAME_CHARS} characters are cut.",
-                        }
+                        },
+                        "tags": {
+                            "type": "array",
+                            "maxItems": MAX_TAGS,
+                            "items": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_TAG_CHARS,
+                                "pattern": f"^{_TEXT}*[^\\s{_CONTROL}]{_TEXT}*$",
+                            },
+                            "description": "Tags, as a JSON array of strings (a comma-separated "
+                            "list is accepted too). Search can filter on them.",
+                        },
+                        "source_url": {
+                            "type": "string",
+                            "maxLength": MAX_SOURCE_URL_CHARS,
+                            "pattern": f"^(https?|ftp|file)://[^\\[\\]{_CONTROL}]*$",
+                            "description": "Where the document came from (http, https, ftp or "
+                            "file URL); returned with the document and its search hits.",
+                        },
+                        "metadata": {
+                            "type": "object",
+                            # The shape every server accepts; any JSON object up to the byte
+                            # limit is accepted (nested values included).
+                            "maxProperties": 16,
+                            "propertyNames": {"maxLength": 32, "pattern": "^[^\\u0000]*$"},
+                            "additionalProperties": {
+                                "type": ["string", "number", "boolean", "null"],
+                                "maxLength": 48,
+                                "pattern": "^[^\\u0000]*$",
+                            },
+                            "description": f"A JSON object of at most {MAX_METADATA_BYTES} bytes "
+                            "(413 naming `metadata` when larger, 422 when not a JSON object). "
+                            "Search filters on it by containment.",
+                        },
                     },
                 },
-                "encoding": {"file": {"contentType": ", ".join(content_types)}},
+                "encoding": {
+                    "file": {"contentType": ", ".join(content_types)},
+                    "tags": {"contentType": "application/json"},
+                    "metadata": {"contentType": "application/json"},
+                },
             }
         },
     }
@@ -213,7 +258,8 @@ def build_openapi() -> dict[str, Any]:
         ],
         request_body=upload_body,
         description="The document and its ingest job are stored in one transaction. Uploading "
-        "the same bytes again (same owner, same pipeline) returns the stored document.",
+        "the same bytes again (same owner, same pipeline) returns the stored document; tags, "
+        "source URL and metadata sent with it replace the stored ones.",
     )
     list_documents = _operation(
         "listDocuments",
@@ -247,7 +293,7 @@ def build_openapi() -> dict[str, Any]:
         "Search the caller's documents in a pipeline",
         "search",
         _responses(
-            {"200": _json_response("The closest chunks, closest first.", SearchResult)},
+            {"200": _json_response("The best-matching chunks, best first.", SearchResult)},
             "400",
             "404",
             "413",
@@ -261,9 +307,13 @@ def build_openapi() -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": _ref(SearchRequest)}},
         },
-        description="The query is embedded with the pipeline's embedding model; the chunks "
-        "are ranked by cosine similarity through the HNSW index (exactly, when filtered by "
-        "document).",
+        description="`mode` vector: the query is embedded with the pipeline's embedding model "
+        "and the chunks ranked by cosine similarity through the HNSW index (exactly, when "
+        "filtered). keyword: Postgres full-text search with the pipeline's text-search "
+        "configuration (default 'english'), terms weighted by how rare they are. hybrid (the "
+        "default): both rankings fused by reciprocal rank fusion with `weights`. Hits carry "
+        "highlights of the query's terms and their document's metadata; `filter` restricts "
+        "the search to documents by tags, metadata, file name, content type and upload time.",
     )
     paths: dict[str, Any] = {
         "/v1/pipelines/{pipeline}/documents": {"post": upload, "get": list_documents},

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from docpipe_mocks.embedding import embed_text
+from docpipe_mocks.embedding import embed_text, stem, word_weight
 
 
 def cosine(left: list[float], right: list[float]) -> float:
@@ -95,3 +95,67 @@ def test_text_without_words_gets_its_own_vector() -> None:
 def test_embed_text_refuses_zero_dimensions() -> None:
     with pytest.raises(ValueError, match="dimensions must be at least 1"):
         embed_text("hello", 0)
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("draining", "drain"),
+        ("drained", "drain"),
+        ("workers", "worker"),
+        ("libraries", "library"),
+        ("configuration", "configur"),
+        ("configured", "configur"),
+        ("class", "class"),  # an "ss" ending is not a plural
+        ("sigterm", "sigterm"),
+        ("sources.list", "sources.list"),  # identifiers are kept as they are
+    ],
+)
+def test_stem_strips_one_common_english_ending(word: str, expected: str) -> None:
+    assert stem(word) == expected
+
+
+def test_inflections_of_the_same_words_embed_alike() -> None:
+    assert (
+        cosine(
+            embed_text("the worker drains its jobs", DIMENSIONS),
+            embed_text("Workers draining jobs", DIMENSIONS),
+        )
+        > 0.9
+    )
+
+
+def test_stop_words_do_not_make_unrelated_questions_alike() -> None:
+    # Before stop words were dropped, the shared "how do I ... the ... of" made these close.
+    first = embed_text("how do I change the size of the swap partition", DIMENSIONS)
+    second = embed_text("how do I change the colour of the terminal prompt", DIMENSIONS)
+
+    assert cosine(first, second) < 0.35
+
+
+def test_a_shared_identifier_counts_more_than_shared_everyday_words() -> None:
+    query = embed_text("where is the proxy set for apt in apt.conf", DIMENSIONS)
+    names_the_identifier = embed_text("Acquire::http::Proxy goes into apt.conf", DIMENSIONS)
+    shares_everyday_words = embed_text("Set the default value in the file where it is", DIMENSIONS)
+
+    assert cosine(query, names_the_identifier) > cosine(query, shares_everyday_words) + 0.2
+
+
+def test_the_readme_question_is_closest_to_the_paragraph_that_answers_it() -> None:
+    query = embed_text("how does a worker drain on SIGTERM?", DIMENSIONS)
+    answer = embed_text(
+        "## Draining\n\nOn SIGTERM a worker stops claiming jobs, finishes the jobs it holds "
+        "and exits; a job that outlives the grace period is released.",
+        DIMENSIONS,
+    )
+    benchmark = embed_text(
+        "The worker processed 4,000 jobs per second; p95 latency of claims was 3 ms.",
+        DIMENSIONS,
+    )
+
+    assert cosine(query, answer) > 0.4
+    assert cosine(query, answer) > 2 * cosine(query, benchmark)
+
+
+def test_word_weight_ranks_identifiers_over_ordinary_and_everyday_words() -> None:
+    assert word_weight("apt.conf") > word_weight("partition") > word_weight("file")

@@ -4,6 +4,7 @@ follow to processed, with a progress bar) and `docpipe search`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from docpipe_api.models import Document, ErrorResponse, SearchResult, UploadResult
@@ -43,11 +45,25 @@ class ApiClient:
         self._headers = {"Authorization": f"Bearer {token}"}
 
     async def upload(
-        self, path: Path, *, pipeline: str, reprocess: bool, request_id: str | None = None
+        self,
+        path: Path,
+        *,
+        pipeline: str,
+        reprocess: bool,
+        request_id: str | None = None,
+        tags: Sequence[str] | None = None,
+        source_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> UploadResult:
         data = await asyncio.to_thread(path.read_bytes)
         form = aiohttp.FormData()
         form.add_field("file", data, filename=path.name, content_type=content_type_for(path.name))
+        if tags:
+            form.add_field("tags", json.dumps(list(tags)), content_type="application/json")
+        if source_url:
+            form.add_field("source_url", source_url, content_type="text/plain")
+        if metadata:
+            form.add_field("metadata", json.dumps(metadata), content_type="application/json")
         query = "?reprocess=true" if reprocess else ""
         return await self._call(
             "POST",
@@ -67,10 +83,14 @@ class ApiClient:
         pipeline: str,
         top_k: int,
         document_ids: Sequence[uuid.UUID] | None = None,
+        mode: str = "hybrid",
+        filter: dict[str, Any] | None = None,
     ) -> SearchResult:
-        body: dict[str, Any] = {"query": query, "top_k": top_k}
+        body: dict[str, Any] = {"query": query, "top_k": top_k, "mode": mode}
         if document_ids:
             body["document_ids"] = [str(d) for d in document_ids]
+        if filter:
+            body["filter"] = filter
         return await self._call(
             "POST", f"/v1/pipelines/{pipeline}/search", SearchResult, json_body=body
         )
@@ -123,8 +143,11 @@ async def ingest_through_api(
     wait: bool = True,
     timeout_s: float | None = None,
     console: Console | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> IngestReport:
-    """Upload the files under `paths` and, when `wait`, follow them until processed or failed."""
+    """Upload the files under `paths` (with `tags` and `metadata`, when given) and, when `wait`,
+    follow them until processed or failed."""
     console = console or Console(stderr=True)
     files, skipped = find_files(paths)
     report = IngestReport(skipped=[str(p) for p in skipped])
@@ -139,7 +162,12 @@ async def ingest_through_api(
             async with slots:
                 try:
                     result = await client.upload(
-                        path, pipeline=pipeline, reprocess=reprocess, request_id=request_id
+                        path,
+                        pipeline=pipeline,
+                        reprocess=reprocess,
+                        request_id=request_id,
+                        tags=tags,
+                        metadata=metadata,
                     )
                 except ApiClientError as exc:
                     report.failed[str(path)] = str(exc)
@@ -199,9 +227,7 @@ def print_hits(result: SearchResult, console: Console) -> None:
     table.add_column("chunk", justify="right")
     table.add_column("text", overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
-        text = " ".join(hit.content.split())
-        if len(text) > 300:
-            text = text[:297] + "..."
+        text = highlighted_excerpt(hit.content, [(h.start, h.end) for h in hit.highlights])
         heading = f"[bold]{hit.heading}[/]\n" if hit.heading else ""
         table.add_row(
             str(rank),
@@ -211,3 +237,21 @@ def print_hits(result: SearchResult, console: Console) -> None:
             heading + text,
         )
     console.print(table)
+
+
+def highlighted_excerpt(content: str, spans: Sequence[tuple[int, int]], width: int = 300) -> str:
+    """About `width` characters of `content` from a little before its first highlight, with
+    the highlighted spans in bold (rich markup) and whitespace runs folded."""
+    start = max(0, spans[0][0] - 60) if spans else 0
+    end = min(len(content), start + width)
+    pieces: list[str] = []
+    position = start
+    for span_start, span_end in spans:
+        if span_end <= position or span_start >= end:
+            continue
+        pieces.append(escape(content[position:span_start]))
+        pieces.append(f"[bold yellow]{escape(content[max(span_start, position) : span_end])}[/]")
+        position = span_end
+    pieces.append(escape(content[position:end]))
+    text = " ".join("".join(pieces).split())
+    return ("..." if start > 0 else "") + text + ("..." if end < len(content) else "")

@@ -22,6 +22,10 @@ from docpipe_queue.database import create_pool, resolve_database_url
 from docpipe_queue.embedded import default_data_dir
 from docpipe_queue.migrator import migrate
 
+# The owner `docpipe dev` ingests as: the subject `docpipe token` signs for by default, so that
+# what `make dev` ingests is what `docpipe search` with that token finds.
+DEV_OWNER = "dev"
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (the child that gets it binds it moments later)."""
@@ -212,7 +216,9 @@ async def run_dev(
         if ingest:
             pool = await create_pool(stack.database_url)
             try:
-                ingesting = asyncio.create_task(ingest_paths(pool, ingest, pipeline=pipeline))
+                ingesting = asyncio.create_task(
+                    ingest_paths(pool, ingest, pipeline=pipeline, owner=DEV_OWNER)
+                )
                 stopped = asyncio.create_task(stop.wait())
                 await asyncio.wait({ingesting, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()

@@ -1,0 +1,88 @@
+"""The pure parts of search: how the terms of a keyword query are weighted, how the vector and
+keyword rankings are fused (reciprocal rank fusion), where the highlights of a chunk are."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+# A term in more than this share of the chunks is too common to find candidates with: matching
+# it would rank a large part of the table (slow) by a term that tells little. It still counts in
+# the score of the candidates the rarer terms found.
+COMMON_TERM_SHARE = 0.05
+# The share assumed for a term the statistics do not list: rarer than every term they list.
+UNLISTED_TERM_SHARE = 1e-4
+# Start and stop markers of ts_headline(..., 'HighlightAll=true'): characters that plain text
+# almost never holds (a chunk that holds them gets no highlights rather than wrong ones).
+HIGHLIGHT_START = "\u27e6"
+HIGHLIGHT_STOP = "\u27e7"
+
+
+@dataclass(frozen=True, slots=True)
+class TermPlan:
+    """A keyword query: the terms that find candidates (any of them), and every term's weight
+    in the score of a candidate."""
+
+    candidates: list[str]
+    weights: dict[str, float]
+    match_all: bool  # every term was common: candidates must hold all of them
+
+
+def plan_terms(terms: Sequence[str], shares: Mapping[str, float]) -> TermPlan:
+    """Weight each term by an inverse document frequency, ln(1 + 1/share), from `shares` (the
+    fraction of chunks holding it, where known); rare terms find the candidates."""
+    unique = sorted(set(terms))
+    floor = min(shares.values(), default=UNLISTED_TERM_SHARE * 2) / 2
+    share = {term: shares.get(term, min(floor, UNLISTED_TERM_SHARE)) for term in unique}
+    weights = {term: math.log1p(1.0 / max(share[term], 1e-9)) for term in unique}
+    rare = [term for term in unique if share[term] <= COMMON_TERM_SHARE]
+    if rare:
+        return TermPlan(rare, weights, match_all=False)
+    return TermPlan(unique, weights, match_all=True)
+
+
+def tsquery_literal(terms: Sequence[str], *, match_all: bool = False) -> str:
+    """A tsquery in its text form matching any (or all) of `terms`, each quoted as a lexeme."""
+    quoted = ["'" + term.replace("\\", "\\\\").replace("'", "''") + "'" for term in terms]
+    return (" & " if match_all else " | ").join(quoted)
+
+
+def fuse_ranks(
+    rankings: Mapping[str, Sequence[K]], weights: Mapping[str, float], *, k: int
+) -> list[tuple[K, float]]:
+    """Reciprocal rank fusion: each item scores the sum over rankings of weight / (k + rank),
+    rank from 1; best first, ties in the order the items were first seen."""
+    scores: dict[K, float] = {}
+    for name, ranking in rankings.items():
+        weight = weights.get(name, 1.0)
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+    order = {item: i for i, item in enumerate(scores)}
+    return sorted(scores.items(), key=lambda entry: (-entry[1], order[entry[0]]))
+
+
+def highlight_spans(marked: str, original: str) -> list[tuple[int, int]]:
+    """The (start, end) offsets in `original` of the spans `marked` (the same text with the
+    highlight markers around matched words) marks; empty when the two do not line up."""
+    if HIGHLIGHT_START in original or HIGHLIGHT_STOP in original:
+        return []
+    spans: list[tuple[int, int]] = []
+    plain: list[str] = []
+    position = 0
+    start = -1
+    for char in marked:
+        if char == HIGHLIGHT_START:
+            start = position
+        elif char == HIGHLIGHT_STOP and start >= 0:
+            spans.append((start, position))
+            start = -1
+        else:
+            plain.append(char)
+            position += 1
+    if "".join(plain) != original:
+        return []
+    return spans

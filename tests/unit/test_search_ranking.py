@@ -1,0 +1,76 @@
+"""The pure parts of hybrid search: term weights, reciprocal rank fusion, highlight offsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from docpipe_api.ranking import (
+    HIGHLIGHT_START,
+    HIGHLIGHT_STOP,
+    fuse_ranks,
+    highlight_spans,
+    plan_terms,
+    tsquery_literal,
+)
+
+
+def test_rarer_terms_weigh_more_and_common_terms_do_not_find_candidates() -> None:
+    plan = plan_terms(["worker", "sigterm", "use"], {"use": 0.30, "worker": 0.02})
+
+    assert plan.weights["sigterm"] > plan.weights["worker"] > plan.weights["use"]
+    assert plan.candidates == ["sigterm", "worker"]
+    assert not plan.match_all
+
+
+def test_a_query_of_only_common_terms_needs_all_of_them() -> None:
+    plan = plan_terms(["file", "use"], {"use": 0.3, "file": 0.2})
+
+    assert plan.candidates == ["file", "use"]
+    assert plan.match_all
+
+
+def test_without_statistics_every_term_weighs_the_same() -> None:
+    plan = plan_terms(["apt", "proxy"], {})
+
+    assert plan.weights["apt"] == plan.weights["proxy"]
+
+
+def test_tsquery_literal_quotes_each_lexeme() -> None:
+    assert tsquery_literal(["it's", "a\\b"]) == "'it''s' | 'a\\\\b'"
+    assert tsquery_literal(["x", "y"], match_all=True) == "'x' & 'y'"
+
+
+def test_fusion_ranks_an_item_both_rankings_found_above_items_only_one_found() -> None:
+    fused = fuse_ranks({"vector": ["a", "b", "c"], "keyword": ["d", "c"]}, {}, k=60)
+
+    assert fused[0][0] == "c"
+    assert fused[0][1] == pytest.approx(1 / 63 + 1 / 62)
+    assert {item for item, _ in fused} == {"a", "b", "c", "d"}
+
+
+def test_fusion_weights_scale_each_rankings_contribution() -> None:
+    rankings = {"vector": ["a"], "keyword": ["b"]}
+
+    assert fuse_ranks(rankings, {"vector": 1.0, "keyword": 2.0}, k=60)[0][0] == "b"
+    assert fuse_ranks(rankings, {"vector": 2.0, "keyword": 1.0}, k=60)[0][0] == "a"
+
+
+def test_fusion_breaks_ties_by_first_appearance() -> None:
+    fused = fuse_ranks({"vector": ["a"], "keyword": ["b"]}, {}, k=60)
+
+    assert [item for item, _ in fused] == ["a", "b"]
+
+
+def test_highlight_spans_are_offsets_into_the_original_text() -> None:
+    original = "Workers drain jobs on SIGTERM."
+    start, stop = HIGHLIGHT_START, HIGHLIGHT_STOP
+    marked = f"Workers {start}drain{stop} jobs on {start}SIGTERM{stop}."
+
+    spans = highlight_spans(marked, original)
+
+    assert [original[start:end] for start, end in spans] == ["drain", "SIGTERM"]
+
+
+def test_highlights_are_dropped_when_the_marked_text_does_not_line_up() -> None:
+    assert highlight_spans(f"{HIGHLIGHT_START}a{HIGHLIGHT_STOP}b", "xb") == []
+    assert highlight_spans(f"{HIGHLIGHT_START}x{HIGHLIGHT_STOP}", f"{HIGHLIGHT_START}x") == []
