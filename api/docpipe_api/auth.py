@@ -1,9 +1,12 @@
 """Bearer tokens of the intake API: verifying a JWT into a principal (owner and scopes), and minting
-development tokens. Pure: no I/O beyond reading key files once, when a verifier is built."""
+development tokens. No I/O beyond the key files: read when a verifier is built, and read again
+when they change (a rotated Secret), checked at most every few seconds."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +25,15 @@ REALM = "docpipe"
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
 MIN_SECRET_BYTES = 32
+
+# A key file is checked for a change (inode, mtime, size) at most this often, and, after a token
+# failed to verify, at once but at most once per KEY_FORCED_CHECK_S. The keys it replaces are still
+# accepted for KEY_OVERLAP_S, so that tokens in flight during a rotation are not refused.
+KEY_CHECK_S = 5.0
+KEY_FORCED_CHECK_S = 1.0
+KEY_OVERLAP_S = 60.0
+
+log = logging.getLogger(__name__)
 
 # Verified tokens remembered at most this long, and at most this many: a client sends the same
 # token with every request, and checking it again (base64, JSON, HMAC or RSA) is a large part of
@@ -42,10 +54,13 @@ class Principal:
 class AuthError(Exception):
     """The request carries no usable token: 401 with a WWW-Authenticate challenge."""
 
-    def __init__(self, message: str, *, token_given: bool = True) -> None:
+    def __init__(self, message: str, *, token_given: bool = True, wrong_key: bool = False) -> None:
         super().__init__(message)
         # RFC 6750 §3.1: a request without credentials gets a challenge without an error code.
         self.token_given = token_given
+        # The signature does not verify with the keys (or names a key id they lack): a rotated
+        # key file may hold the key it needs.
+        self.wrong_key = wrong_key
 
     def challenge(self) -> str:
         if not self.token_given:
@@ -78,6 +93,26 @@ def secret_keys(secret: str) -> VerificationKeys:
             f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes long (HS256), got {len(raw)}"
         )
     return VerificationKeys(secret=raw)
+
+
+def secret_file_keys(path: Path, *, allow_development_secret: bool = False) -> VerificationKeys:
+    """Keys from a file holding the HS256 secret (surrounding whitespace, such as the newline an
+    editor adds, is not part of it)."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise KeyConfigError(f"cannot read the JWT secret file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise KeyConfigError(f"the JWT secret file {path} is not UTF-8 text") from None
+    if secret == DEVELOPMENT_SECRET and not allow_development_secret:
+        raise KeyConfigError(
+            f"the JWT secret file {path} holds the public development secret, which anybody can "
+            "sign tokens with"
+        )
+    try:
+        return secret_keys(secret)
+    except KeyConfigError as exc:
+        raise KeyConfigError(f"{path}: {exc}") from None
 
 
 def public_key_file_keys(path: Path) -> VerificationKeys:
@@ -122,14 +157,81 @@ def jwks_file_keys(path: Path) -> VerificationKeys:
     return VerificationKeys(rsa_keys=keys)
 
 
-class TokenVerifier:
-    """Checks `Authorization: Bearer <jwt>`: signature, `exp` (required), `nbf`, issuer and
-    audience when configured, and a `sub`. A token that verified is remembered until its `exp`
-    (at most `cache_s` seconds) and not checked again meanwhile."""
+def _file_version(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a file is replaced or rewritten: device, inode, mtime, size (following
+    symlinks, as Kubernetes' `..data` swap of a Secret volume needs); None when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class KeyFile:
+    """Verification keys loaded from a file, and loaded again when the file changes: so a rotated
+    Secret mounted as a file takes effect without a restart. The file is looked at (one `stat`)
+    at most every `check_s` seconds, or after a token failed to verify, at most once a second. A
+    file that cannot be loaded (half written, missing during a swap) keeps the keys in use."""
 
     def __init__(
         self,
-        keys: VerificationKeys,
+        path: Path,
+        load: Callable[[Path], VerificationKeys],
+        *,
+        check_s: float = KEY_CHECK_S,
+        overlap_s: float = KEY_OVERLAP_S,
+    ) -> None:
+        self.path = path
+        self._load = load
+        self.check_s = check_s
+        # How long the keys a reload replaces are still accepted (read by TokenVerifier).
+        self.overlap_s = overlap_s
+        self._version = _file_version(path)
+        self.keys = load(path)  # KeyConfigError at start: the API refuses to start
+        self._next_check = float("-inf")
+        self._next_forced = float("-inf")
+        self._failed_version: tuple[int, int, int, int] | None = None
+
+    def refresh(self, now: float, *, force: bool = False) -> VerificationKeys | None:
+        """The file's new keys when it changed since they were last loaded; None otherwise, or
+        when it was looked at too recently to look again."""
+        if force:
+            if now < self._next_forced:
+                return None
+            self._next_forced = now + KEY_FORCED_CHECK_S
+        elif now < self._next_check:
+            return None
+        self._next_check = now + self.check_s
+        version = _file_version(self.path)
+        if version == self._version:
+            return None
+        try:
+            keys = self._load(self.path)
+        except KeyConfigError as exc:
+            if version != self._failed_version:
+                self._failed_version = version
+                log.warning(
+                    "the changed JWT key file cannot be used; the keys loaded before stay in use",
+                    extra={"path": str(self.path), "error": str(exc)},
+                )
+            return None
+        self._version = version
+        self._failed_version = None
+        self.keys = keys
+        return keys
+
+
+class TokenVerifier:
+    """Checks `Authorization: Bearer <jwt>`: signature, `exp` (required), `nbf`, issuer and
+    audience when configured, and a `sub`. A token that verified is remembered until its `exp`
+    (at most `cache_s` seconds) and not checked again meanwhile.
+
+    Given a KeyFile, it follows the file: new keys replace the old ones, which verify tokens (and
+    keep cached ones valid) for the file's `overlap_s` more seconds, and no longer after that."""
+
+    def __init__(
+        self,
+        keys: VerificationKeys | KeyFile,
         *,
         issuer: str | None = None,
         audience: str | None = None,
@@ -138,7 +240,11 @@ class TokenVerifier:
         cache_size: int = TOKEN_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._keys = keys
+        self._source = keys if isinstance(keys, KeyFile) else None
+        self._keys = keys.keys if isinstance(keys, KeyFile) else keys
+        # The keys the last reload replaced, accepted until `_previous_until`.
+        self._previous: VerificationKeys | None = None
+        self._previous_until = float("-inf")
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
@@ -161,19 +267,65 @@ class TokenVerifier:
     def verify(self, token: str) -> Principal:
         """The principal of a JWT; AuthError when it is not valid."""
         now = self._clock()
+        self._reload(now)
         known = self._verified.get(token)
         if known is not None:
             if now < known[1]:
                 return known[0]
             del self._verified[token]
-        principal, expires = self._verify(token)
+        principal, until = self._verify_with_rotation(token, now)
         if self._cache_s > 0:
             if len(self._verified) >= self._cache_size:
                 self._forget_expired(now)
-            # `exp` without the leeway: after it the token is checked in full again, and the
-            # leeway then applies as it would have without the cache.
-            self._verified[token] = (principal, min(expires, now + self._cache_s))
+            self._verified[token] = (principal, min(until, now + self._cache_s))
         return principal
+
+    def _verify_with_rotation(self, token: str, now: float) -> tuple[Principal, float]:
+        """The principal and until when it may be cached: `exp` (without the leeway: after it the
+        token is checked in full again, and the leeway then applies as it would have without the
+        cache), or the end of the overlap for a token only the replaced keys verify."""
+        try:
+            return self._verify(token)
+        except AuthError as exc:
+            if not exc.wrong_key:
+                raise
+            failed = exc
+        # Signed with a key we do not have: the file may have changed since it was last looked at.
+        if self._reload(now, force=True):
+            try:
+                return self._verify(token)
+            except AuthError as exc:
+                if not exc.wrong_key:
+                    raise
+                failed = exc
+        if self._previous is not None and now < self._previous_until:
+            try:
+                principal, expires = self._check(token, self._previous)
+            except AuthError as exc:
+                # Its own complaint (expired, audience...) when the replaced keys did verify it.
+                raise (failed if exc.wrong_key else exc) from None
+            return principal, min(expires, self._previous_until)
+        raise failed
+
+    def _reload(self, now: float, *, force: bool = False) -> bool:
+        """Take the key file's new keys if it changed; True when it did."""
+        if self._source is None:
+            return False
+        keys = self._source.refresh(now, force=force)
+        if keys is None:
+            return False
+        self._previous, self._keys = self._keys, keys
+        self._previous_until = now + self._source.overlap_s
+        # Tokens cached so far were verified with the replaced keys: good through the overlap only.
+        self._verified = {
+            token: (principal, min(until, self._previous_until))
+            for token, (principal, until) in self._verified.items()
+        }
+        log.info(
+            "JWT keys reloaded",
+            extra={"path": str(self._source.path), "overlap_s": self._source.overlap_s},
+        )
+        return True
 
     def _forget_expired(self, now: float) -> None:
         self._verified = {t: entry for t, entry in self._verified.items() if now < entry[1]}
@@ -182,15 +334,18 @@ class TokenVerifier:
             del self._verified[next(iter(self._verified))]
 
     def _verify(self, token: str) -> tuple[Principal, float]:
+        return self._check(token, self._keys)
+
+    def _check(self, token: str, keys: VerificationKeys) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
-            key = self._key_for(header)
+            key = _key_for(keys, header)
             claims = jwt.decode(
                 token,
                 key,
                 # Fixed by the configured key, never taken from the token: `alg: none` and
                 # HS256-signed-with-the-public-key tokens are refused here.
-                algorithms=self._keys.algorithms,
+                algorithms=keys.algorithms,
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=self._leeway,
@@ -208,10 +363,10 @@ class TokenVerifier:
             raise AuthError(f"the token has no {exc.claim!r} claim") from None
         except jwt.InvalidAlgorithmError:
             raise AuthError(
-                f"the token's algorithm is not accepted (only {', '.join(self._keys.algorithms)})"
+                f"the token's algorithm is not accepted (only {', '.join(keys.algorithms)})"
             ) from None
         except jwt.InvalidSignatureError:
-            raise AuthError("the token's signature does not verify") from None
+            raise AuthError("the token's signature does not verify", wrong_key=True) from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"the token is malformed: {exc}") from None
         subject = claims.get("sub")
@@ -220,17 +375,18 @@ class TokenVerifier:
         # pyjwt has checked that `exp` is present and a number.
         return Principal(subject=subject, scopes=_scopes(claims)), float(claims["exp"])
 
-    def _key_for(self, header: Mapping[str, Any]) -> Any:
-        if self._keys.secret is not None:
-            return self._keys.secret
-        keys = self._keys.rsa_keys or {}
-        kid = header.get("kid")
-        if kid in keys:
-            return keys[kid]
-        if len(keys) == 1:
-            # A single configured key verifies tokens whatever kid they name (or none).
-            return next(iter(keys.values()))
-        raise AuthError(f"the token's key id {kid!r} is not among the configured keys")
+
+def _key_for(keys: VerificationKeys, header: Mapping[str, Any]) -> Any:
+    if keys.secret is not None:
+        return keys.secret
+    rsa_keys = keys.rsa_keys or {}
+    kid = header.get("kid")
+    if kid in rsa_keys:
+        return rsa_keys[kid]
+    if len(rsa_keys) == 1:
+        # A single configured key verifies tokens whatever kid they name (or none).
+        return next(iter(rsa_keys.values()))
+    raise AuthError(f"the token's key id {kid!r} is not among the configured keys", wrong_key=True)
 
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:

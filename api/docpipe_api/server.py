@@ -22,6 +22,7 @@ from docpipe_api.ratelimit import RateLimiter
 from docpipe_api.settings import ApiSettings
 from docpipe_contracts.errors import StartupError
 from docpipe_providers.embeddings import OpenAIEmbedder
+from docpipe_providers.object_storage import ObjectStore
 from docpipe_queue.database import create_pool, resolve_database_url
 from docpipe_queue.document_usage import Prices
 from docpipe_queue.metrics import BUILD_INFO
@@ -88,6 +89,7 @@ async def open_api(settings: ApiSettings) -> AsyncIterator[RunningApi]:
                 quotas=settings.owner_quotas(),
                 prices=Prices(settings.price_per_million_tokens, settings.price_per_thousand_pages),
                 openapi_json=openapi_json(),
+                originals=_object_store(settings, session),
             )
             runner = web.AppRunner(build_app(context), access_log=None, shutdown_timeout=10.0)
             await runner.setup()
@@ -101,6 +103,11 @@ async def open_api(settings: ApiSettings) -> AsyncIterator[RunningApi]:
                 await runner.cleanup()
     finally:
         await pool.close()
+
+
+def _object_store(settings: ApiSettings, session: aiohttp.ClientSession) -> ObjectStore | None:
+    config = settings.object_storage()
+    return ObjectStore(session, config) if config is not None else None
 
 
 async def _check_database(pool: asyncpg.Pool, settings: ApiSettings) -> None:

@@ -8,6 +8,7 @@ its query with the model that embedded the chunks.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -26,16 +27,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docpipe_api.auth import (
     DEVELOPMENT_SECRET,
+    KEY_CHECK_S,
+    KEY_OVERLAP_S,
     MIN_SECRET_BYTES,
     KeyConfigError,
+    KeyFile,
     VerificationKeys,
     jwks_file_keys,
     public_key_file_keys,
+    secret_file_keys,
     secret_keys,
 )
 from docpipe_api.ratelimit import OwnerLimits, OwnerQuotas
 from docpipe_contracts.configuration import PIPELINE_NAME, SettingsError
 from docpipe_providers.embeddings import OPENAI_DEFAULT_URL
+from docpipe_providers.object_storage import ObjectStorageConfig, storage_config
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
 
 _PIPELINE = re.compile(PIPELINE_NAME)
@@ -62,8 +68,15 @@ class ApiSettings(BaseSettings):
     # configured). Never in production: anybody can mint tokens for it.
     dev_mode: bool = False
     jwt_secret: SecretStr | None = None
+    # The HS256 secret in a file (a mounted Secret), which, like the two key files below, is read
+    # again when it changes: a rotated key takes effect without a restart (docs/api.md).
+    jwt_secret_file: Path | None = None
     jwt_public_key_file: Path | None = None
     jwt_jwks_file: Path | None = None
+    # How often a key file is looked at for a change (and at once, at most once a second, when a
+    # token's signature does not verify), and how long the keys it replaced are still accepted.
+    jwt_key_check_seconds: float = Field(KEY_CHECK_S, gt=0, le=300)
+    jwt_key_overlap_seconds: float = Field(KEY_OVERLAP_S, ge=0, le=3600)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=600)
@@ -122,6 +135,19 @@ class ApiSettings(BaseSettings):
         None, ge=0, allow_inf_nan=False, validation_alias=_env("DOCPIPE_PRICE_PER_THOUSAND_PAGES")
     )
 
+    # Where uploaded originals are kept: the same variables as the worker's (docs/configuration.md).
+    originals_store: Literal["database", "s3"] = Field(
+        "database", validation_alias=_env("DOCPIPE_ORIGINALS_STORE")
+    )
+    s3_endpoint_url: str | None = Field(None, validation_alias=_env("DOCPIPE_S3_ENDPOINT_URL"))
+    s3_bucket: str | None = Field(None, validation_alias=_env("DOCPIPE_S3_BUCKET"))
+    s3_region: str = Field("us-east-1", validation_alias=_env("DOCPIPE_S3_REGION"))
+    s3_prefix: str = Field("originals/", validation_alias=_env("DOCPIPE_S3_PREFIX"))
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias=_env("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=_env("AWS_SECRET_ACCESS_KEY")
+    )
+
     log_format: Literal["json", "text"] = Field("json", validation_alias=_env("DOCPIPE_LOG_FORMAT"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_env("DOCPIPE_LOG_LEVEL")
@@ -139,12 +165,32 @@ class ApiSettings(BaseSettings):
             )
         return ",".join(names)
 
+    def object_storage(self) -> ObjectStorageConfig | None:
+        """Where uploaded originals go (None: into the database)."""
+        return storage_config(
+            self.originals_store,
+            endpoint_url=self.s3_endpoint_url,
+            bucket=self.s3_bucket,
+            region=self.s3_region,
+            prefix=self.s3_prefix,
+            access_key_id=(
+                self.aws_access_key_id.get_secret_value() if self.aws_access_key_id else None
+            ),
+            secret_access_key=(
+                self.aws_secret_access_key.get_secret_value()
+                if self.aws_secret_access_key
+                else None
+            ),
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> ApiSettings:
+        self.object_storage()
         sources = [
             name
             for name, value in (
                 ("DOCPIPE_API_JWT_SECRET", self.jwt_secret),
+                ("DOCPIPE_API_JWT_SECRET_FILE", self.jwt_secret_file),
                 ("DOCPIPE_API_JWT_PUBLIC_KEY_FILE", self.jwt_public_key_file),
                 ("DOCPIPE_API_JWT_JWKS_FILE", self.jwt_jwks_file),
             )
@@ -155,7 +201,8 @@ class ApiSettings(BaseSettings):
         if not sources and not self.dev_mode:
             raise ValueError(
                 "no token verification key: set DOCPIPE_API_JWT_SECRET (HS256, at least "
-                f"{MIN_SECRET_BYTES} bytes), DOCPIPE_API_JWT_PUBLIC_KEY_FILE or "
+                f"{MIN_SECRET_BYTES} bytes) or DOCPIPE_API_JWT_SECRET_FILE, "
+                "DOCPIPE_API_JWT_PUBLIC_KEY_FILE or "
                 "DOCPIPE_API_JWT_JWKS_FILE (RS256); or DOCPIPE_API_DEV_MODE=true for the "
                 "development secret"
             )
@@ -200,18 +247,33 @@ class ApiSettings(BaseSettings):
     def pipeline_names(self) -> frozenset[str]:
         return frozenset(self.pipelines.split(","))
 
-    def verification_keys(self) -> VerificationKeys:
-        """The keys tokens are checked with; SettingsError when a key file is unusable."""
+    def verification_keys(self) -> VerificationKeys | KeyFile:
+        """The keys tokens are checked with: from a key file, a KeyFile that follows the file's
+        changes; SettingsError when a key file is unusable."""
         try:
+            if self.jwt_secret_file is not None:
+                dev_mode = self.dev_mode
+                return self._key_file(
+                    self.jwt_secret_file,
+                    lambda path: secret_file_keys(path, allow_development_secret=dev_mode),
+                )
             if self.jwt_public_key_file is not None:
-                return public_key_file_keys(self.jwt_public_key_file)
+                return self._key_file(self.jwt_public_key_file, public_key_file_keys)
             if self.jwt_jwks_file is not None:
-                return jwks_file_keys(self.jwt_jwks_file)
+                return self._key_file(self.jwt_jwks_file, jwks_file_keys)
             if self.jwt_secret is not None:
                 return secret_keys(self.jwt_secret.get_secret_value())
             return secret_keys(DEVELOPMENT_SECRET)
         except KeyConfigError as exc:
             raise SettingsError(f"invalid configuration:\n  {exc}") from None
+
+    def _key_file(self, path: Path, load: Callable[[Path], VerificationKeys]) -> KeyFile:
+        return KeyFile(
+            path,
+            load,
+            check_s=self.jwt_key_check_seconds,
+            overlap_s=self.jwt_key_overlap_seconds,
+        )
 
 
 class _OwnerOverride(BaseModel):
