@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
@@ -29,9 +30,12 @@ from docpipe_api.models import (
     MAX_METADATA_BYTES,
     MAX_SOURCE_URL_CHARS,
     MAX_TAGS,
+    AuditEvent,
+    AuditPage,
     Document,
     DocumentMetadata,
     DocumentPage,
+    ErrorResponse,
     Health,
     Highlight,
     Job,
@@ -55,6 +59,8 @@ from docpipe_contracts import correlation
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
 from docpipe_contracts.errors import PermanentError, TransientError
 from docpipe_providers.embeddings import Embedder
+from docpipe_providers.object_storage import ObjectStore
+from docpipe_queue import audit
 from docpipe_queue.document_usage import Prices
 from docpipe_queue.documents import AddedDocument, add_document
 
@@ -92,12 +98,34 @@ class ApiContext:
     # The term statistics keyword search weights terms by (cached; see store.TermShares).
     term_shares: store.TermShares = field(default_factory=store.TermShares)
     draining: bool = False
+    # DOCPIPE_ORIGINALS_STORE=s3: uploads go to object storage, the database keeps their key.
+    originals: ObjectStore | None = None
     _ready_at: float = field(default=-math.inf)
     _ready_problem: str | None = None
 
 
 CONTEXT = web.AppKey("docpipe_api_context", ApiContext)
 _REQUEST_ID = web.RequestKey("docpipe_request_id", str)
+# The caller, once its token verified (before its scope and rate limit are checked).
+_PRINCIPAL = web.RequestKey("docpipe_principal", Principal)
+
+
+@dataclass
+class AuditNote:
+    """What an audited request asks for, filled in by its handler as it learns it. A handler
+    whose action succeeds records it in the action's transaction and sets `recorded`; the
+    middleware records any other ending (a refusal, a failure) in a transaction of its own."""
+
+    action: str
+    pipeline: str | None = None
+    document_id: uuid.UUID | None = None
+    job_id: int | None = None
+    recorded: bool = False
+
+
+_AUDIT = web.RequestKey("docpipe_audit", AuditNote)
+# How long recording a refusal may take before it is given up (and logged).
+_AUDIT_REFUSAL_TIMEOUT_S = 2.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,13 +135,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Correlation id in and out, every failure as a JSON error, and the request metrics."""
+    """Correlation id in and out, every failure as a JSON error, the request metrics, and the
+    audit record of a state-changing request that did not succeed (see _audit_ending)."""
     started = time.perf_counter()
     request_id = correlation.accept_correlation_id(request.headers.get(correlation.HEADER))
     request[_REQUEST_ID] = request_id
+    action = _AUDITED_ACTIONS.get(request.match_info.handler)
+    if action is not None:
+        request[_AUDIT] = AuditNote(action)
     token = correlation.CURRENT.set(request_id)
     try:
         response = await _answer(request, handler, request_id)
+        if action is not None:
+            await _audit_ending(request, response)
     finally:
         correlation.CURRENT.reset(token)
     response.headers[correlation.HEADER] = request_id
@@ -169,6 +203,63 @@ async def _answer(request: web.Request, handler: Handler, request_id: str) -> we
         )
 
 
+# -- the audit trail --------------------------------------------------------------------------
+
+
+def audit_event(request: web.Request, status: int, *, error: str | None = None) -> audit.Event:
+    """The audit record of this request (an audited one, by an authenticated caller) ending with
+    `status`: the caller acts on its own documents, so it is both subject and owner."""
+    principal = request[_PRINCIPAL]
+    note = request[_AUDIT]
+    return audit.Event(
+        subject=principal.subject,
+        owner=principal.subject,
+        action=note.action,
+        status=status,
+        request_id=request[_REQUEST_ID],
+        pipeline=note.pipeline,
+        document_id=note.document_id,
+        job_id=note.job_id,
+        error=error,
+    )
+
+
+async def _audit_ending(request: web.Request, response: web.StreamResponse) -> None:
+    """Record how an audited request ended unless its handler recorded its success. A request
+    whose token did not verify is not recorded: there is no caller to name, and recording it
+    would let anybody fill the table (the request log has it)."""
+    note = request[_AUDIT]
+    if note.recorded or _PRINCIPAL not in request:
+        return
+    if response.status < 400:
+        log.error(
+            "an audited action succeeded without an audit record",
+            extra={"action": note.action, "path": request.path},
+        )
+        return
+    event = audit_event(request, response.status, error=_error_code(response))
+    try:
+        async with asyncio.timeout(_AUDIT_REFUSAL_TIMEOUT_S):
+            await audit.record(request.app[CONTEXT].pool, event)
+    except Exception:
+        # Nothing changed, so the answer stands; the log keeps what the table could not.
+        log.warning(
+            "could not record a refused request in the audit trail",
+            extra={"action": event.action, "status": event.status, "error": event.error},
+            exc_info=True,
+        )
+
+
+def _error_code(response: web.StreamResponse) -> str | None:
+    """The `error.code` of an error response (every one is an ErrorResponse: see _answer)."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return None
+    try:
+        return ErrorResponse.model_validate_json(response.body).error.code
+    except ValidationError:
+        return None
+
+
 # -- request parsing --------------------------------------------------------------------------
 
 
@@ -181,6 +272,7 @@ def authorize(request: web.Request, scope: str) -> Principal:
         raise ProblemError(
             401, "unauthorized", str(exc), headers={"WWW-Authenticate": exc.challenge()}
         ) from None
+    request[_PRINCIPAL] = principal
     if scope not in principal.scopes:
         held = " ".join(sorted(principal.scopes)) or "none"
         raise ProblemError(
@@ -338,7 +430,11 @@ def _json(
 async def upload_document(request: web.Request) -> web.Response:
     principal = authorize(request, "write")
     pipeline = pipeline_param(request)
+    note = request[_AUDIT]
+    note.pipeline = pipeline
     reprocess = bool_query(request, "reprocess")
+    if reprocess:
+        note.action = "reprocess"
     context = request.app[CONTEXT]
     if request.content_type != "multipart/form-data":
         raise ProblemError(
@@ -356,9 +452,17 @@ async def upload_document(request: web.Request) -> web.Response:
     if not data:
         raise invalid("file", "is empty")
     await _check_owner_limits(context, pipeline, principal.subject, data)
+    content_key = None
+    if context.originals is not None:
+        # The object first: a document row never names an object that is not there.
+        digest = hashlib.sha256(data).hexdigest()
+        content_key = context.originals.key_for(pipeline, principal.subject, digest)
+        await context.originals.put(content_key, data)
 
     async def add() -> tuple[AddedDocument, asyncpg.Record | None]:
-        async with context.pool.acquire() as conn:
+        # One transaction: the document, its job and the audit record (add_document's own
+        # transaction is a savepoint of it).
+        async with context.pool.acquire() as conn, conn.transaction():
             added = await add_document(
                 conn,
                 pipeline=pipeline,
@@ -372,12 +476,18 @@ async def upload_document(request: web.Request) -> web.Response:
                 tags=details.tags if "tags" in details.model_fields_set else None,
                 source_url=details.source_url,
                 metadata=details.metadata if "metadata" in details.model_fields_set else None,
+                content_key=content_key,
             )
-            return added, await store.get_document(conn, added.document_id, principal.subject)
+            row = await store.get_document(conn, added.document_id, principal.subject)
+            if row is not None:
+                note.document_id, note.job_id = added.document_id, added.job_id
+                await audit.record(conn, audit_event(request, 201 if added.created else 200))
+            return added, row
 
     added, row = await store.retry_deadlocks(add)
     if row is None:  # deleted by a concurrent request between the two statements
         raise not_found("document")
+    note.recorded = True
     result = UploadResult(
         document=Document.model_validate(dict(row)), created=added.created, job_id=added.job_id
     )
@@ -465,6 +575,7 @@ async def _read_upload_parts(
         reader = await request.multipart()
         file: tuple[str, str | None, bytes] | None = None
         given: dict[str, str] = {}
+        tags: list[str] = []
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise invalid("file", "must be a file, not a nested multipart body")
@@ -477,12 +588,17 @@ async def _read_upload_parts(
                         raise _too_large("file", limit)
                 declared = part.headers.get("Content-Type")
                 file = (clean_filename(part.filename), declared, bytes(data))
-            elif name in _METADATA_PARTS and name not in given:
+            elif name == "tags" and len(tags) < MAX_TAGS + 1:
+                # Repeatable: one part per tag, or a part holding a list.
+                tags.append(await _read_text_part(part, name, _METADATA_PARTS[name]))
+            elif name in _METADATA_PARTS and name != "tags" and name not in given:
                 given[name] = await _read_text_part(part, name, _METADATA_PARTS[name])
             else:
-                allowed = ", ".join(["file", *_METADATA_PARTS])
+                allowed = "file, source_url, metadata"
                 raise invalid(
-                    name or "body", f"unexpected part {name!r}: send each of {allowed} at most once"
+                    name or "body",
+                    f"unexpected part {name!r}: send each of {allowed} at most once, and "
+                    f"at most {MAX_TAGS} tags",
                 )
         if file is None:
             raise invalid("file", "the multipart body has no 'file' part")
@@ -494,7 +610,7 @@ async def _read_upload_parts(
         raise ProblemError(
             400, "malformed_multipart", f"the multipart body cannot be read: {exc}", field="body"
         ) from None
-    return (*file, parse_document_metadata(given))
+    return (*file, parse_document_metadata(given, tags))
 
 
 async def _read_text_part(part: BodyPartReader, name: str, limit: int) -> str:
@@ -509,19 +625,22 @@ async def _read_text_part(part: BodyPartReader, name: str, limit: int) -> str:
         raise invalid(name, "must be UTF-8 text") from None
 
 
-def parse_document_metadata(parts: dict[str, str]) -> DocumentMetadata:
-    """The metadata of an upload from its text parts: `tags` (a JSON array of strings, or
-    comma-separated), `source_url`, `metadata` (a JSON object)."""
+def parse_document_metadata(parts: dict[str, str], tag_parts: list[str]) -> DocumentMetadata:
+    """The metadata of an upload from its text parts: `tags` (each part a JSON array of
+    strings, or comma-separated tags), `source_url`, `metadata` (a JSON object)."""
     values: dict[str, object] = {}
-    if "tags" in parts:
-        raw = parts["tags"].strip()
-        if raw.startswith("["):
-            try:
-                values["tags"] = json.loads(raw)
-            except ValueError:
-                raise invalid("tags", "is not a valid JSON array of strings") from None
-        else:
-            values["tags"] = [tag.strip() for tag in raw.split(",") if tag.strip()]
+    if tag_parts:
+        tags: list[object] = []
+        for raw in tag_parts:
+            listed = None
+            if raw.strip().startswith("["):
+                with contextlib.suppress(ValueError):
+                    listed = json.loads(raw)
+            if isinstance(listed, list):
+                tags += listed
+            else:
+                tags += [tag.strip() for tag in raw.split(",") if tag.strip()]
+        values["tags"] = tags
     if "source_url" in parts:
         values["source_url"] = parts["source_url"].strip()
     if "metadata" in parts:
@@ -569,8 +688,17 @@ async def get_document(request: web.Request) -> web.Response:
 async def delete_document(request: web.Request) -> web.Response:
     principal = authorize(request, "write")
     document_id = uuid_param(request, "document_id")
-    if not await store.delete_document(request.app[CONTEXT].pool, document_id, principal.subject):
+    note = request[_AUDIT]
+    note.document_id = document_id
+    deleted = await store.delete_document(
+        request.app[CONTEXT].pool,
+        document_id,
+        principal.subject,
+        audit_event=audit_event(request, 204),
+    )
+    if not deleted:
         raise not_found("document")
+    note.recorded = True
     return web.Response(status=204)
 
 
@@ -586,10 +714,16 @@ async def get_job(request: web.Request) -> web.Response:
 async def retry_job(request: web.Request) -> web.Response:
     principal = authorize(request, "write")
     job_id = job_id_param(request)
-    row, retried = await store.retry_job(request.app[CONTEXT].pool, job_id, principal.subject)
+    note = request[_AUDIT]
+    note.job_id = job_id
+    row, retried = await store.retry_job(
+        request.app[CONTEXT].pool, job_id, principal.subject, audit_event=audit_event(request, 200)
+    )
     if row is None:
         raise not_found("job")
     job = Job.model_validate(dict(row))
+    note.document_id = job.document_id
+    note.recorded = retried
     if not retried:
         raise ProblemError(
             409,
@@ -597,6 +731,79 @@ async def retry_job(request: web.Request) -> web.Response:
             f"job {job_id} is {job.status}; only dead or cancelled jobs can be retried",
         )
     return _json(job)
+
+
+MAX_AUDIT_FILTER_CHARS = 255
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def time_query(request: web.Request, name: str) -> datetime | None:
+    """An RFC 3339 timestamp with an offset (`2026-01-31T12:00:00Z`), in UTC."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw) if len(raw) <= 64 else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise invalid(
+            name, "must be an RFC 3339 date and time with an offset, e.g. 2026-01-31T12:00:00Z"
+        )
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # beyond the calendar's ends once in UTC: as good as the end
+        return _EARLIEST if moment.year == 1 else _LATEST
+
+
+def choice_query(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and raw not in allowed:
+        raise invalid(name, f"must be one of {', '.join(allowed)}")
+    return raw
+
+
+def text_query(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and not 1 <= len(raw) <= MAX_AUDIT_FILTER_CHARS:
+        raise invalid(name, f"must be 1 to {MAX_AUDIT_FILTER_CHARS} characters")
+    return raw
+
+
+def encode_audit_cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"audit:{event_id}".encode()).decode().rstrip("=")
+
+
+def decode_audit_cursor(value: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+        prefix, _, number = raw.partition(":")
+        if prefix != "audit" or not number.isdigit() or not 1 <= int(number) <= _BIGINT_MAX:
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise invalid("cursor", "is not a cursor this API returned") from None
+
+
+async def list_audit_events(request: web.Request) -> web.Response:
+    """The audit trail, newest first, across owners: for tokens with the `admin` scope."""
+    authorize(request, "admin")
+    limit = int_query(request, "limit", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE)
+    cursor = request.query.get("cursor")
+    wanted = audit.EventFilter(
+        subject=text_query(request, "subject"),
+        owner=text_query(request, "owner"),
+        action=choice_query(request, "action", audit.ACTIONS),
+        outcome=choice_query(request, "outcome", audit.OUTCOMES),
+        since=time_query(request, "since"),
+        until=time_query(request, "until"),
+        before_id=decode_audit_cursor(cursor) if cursor is not None else None,
+    )
+    rows = await audit.list_events(request.app[CONTEXT].pool, wanted, limit=limit + 1)
+    items = [AuditEvent.model_validate(dict(row)) for row in rows[:limit]]
+    next_cursor = encode_audit_cursor(items[-1].id) if len(rows) > limit else None
+    return _json(AuditPage(items=items, next_cursor=next_cursor))
 
 
 # Hybrid search ranks this many candidates of each kind (at least top_k) before fusing them.
@@ -763,6 +970,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[CONTEXT].openapi_json, content_type="application/json")
 
 
+# The state-changing handlers and the action each is recorded as in the audit trail (an upload
+# with ?reprocess=true is recorded as `reprocess`).
+_AUDITED_ACTIONS: dict[Callable[..., object], str] = {
+    upload_document: "upload",
+    delete_document: "delete",
+    retry_job: "retry",
+}
+
+
 def build_app(context: ApiContext) -> web.Application:
     """The application serving `context`; uploads stream, so aiohttp's body limit is for JSON."""
     app = web.Application(middlewares=[request_middleware], client_max_size=MAX_JSON_BODY_BYTES)
@@ -775,6 +991,7 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/v1/jobs/{job_id}", get_job, allow_head=False)
     app.router.add_post("/v1/jobs/{job_id}/retry", retry_job)
     app.router.add_get("/v1/usage", get_usage, allow_head=False)
+    app.router.add_get("/v1/audit", list_audit_events, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", prometheus_metrics, allow_head=False)

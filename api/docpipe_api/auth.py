@@ -20,7 +20,10 @@ from jwt.algorithms import RSAAlgorithm
 # here, so the API accepts it only in development mode (DOCPIPE_API_DEV_MODE=true).
 DEVELOPMENT_SECRET = "docpipe-development-secret-not-for-production-use"
 
-SCOPES = ("read", "write", "search")
+# `admin` reads the audit trail (GET /v1/audit), across owners. Tokens get it only when asked
+# for: DEFAULT_SCOPES, what `docpipe token` and `mint_token` give by default, leave it out.
+SCOPES = ("read", "write", "search", "admin")
+DEFAULT_SCOPES = ("read", "write", "search")
 REALM = "docpipe"
 
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
@@ -405,7 +408,7 @@ def mint_token(
     secret: str,
     *,
     subject: str,
-    scopes: Iterable[str] = SCOPES,
+    scopes: Iterable[str] = DEFAULT_SCOPES,
     ttl_s: float = 3600.0,
     issuer: str | None = None,
     audience: str | None = None,

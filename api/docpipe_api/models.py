@@ -315,6 +315,40 @@ class Usage(_Response):
     limits: UsageLimits
 
 
+AuditAction = Literal["upload", "reprocess", "delete", "retry"]
+AuditOutcome = Literal["ok", "refused", "failed"]
+
+
+class AuditEvent(_Response):
+    """One state-changing request: who made it, what it asked for, on what, and how it ended."""
+
+    id: int
+    at: datetime = Field(description="when it took effect (or was refused)")
+    subject: str = Field(description="the token's `sub`")
+    owner: str = Field(description="the owner whose documents it acted on")
+    request_id: str | None = Field(description="the request's X-Request-ID")
+    action: AuditAction = Field(description="`reprocess`: an upload with ?reprocess=true")
+    pipeline: str | None
+    document_id: uuid.UUID | None = Field(description="the document acted on, when known")
+    job_id: int | None = Field(description="the job retried, or queued by an upload")
+    outcome: AuditOutcome = Field(
+        description="ok: it took effect (recorded in its transaction); refused: a 4xx, nothing "
+        "changed; failed: a 5xx, nothing changed"
+    )
+    status: int = Field(description="the HTTP status answered")
+    error: str | None = Field(description="the error code answered (`error.code`), unless ok")
+
+
+class AuditPage(_Response):
+    """One page of the audit trail, newest first."""
+
+    items: list[AuditEvent]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` (with the same filters) to get the next page; null on "
+        "the last page"
+    )
+
+
 class ErrorDetail(_Response):
     code: str = Field(description="stable, machine-readable")
     message: str = Field(description="for people: what was wrong and what is allowed")

@@ -12,12 +12,18 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from docpipe_api.app import DEFAULT_PAGE_SIZE, MAX_FILENAME_CHARS, MAX_PAGE_SIZE
+from docpipe_api.app import (
+    DEFAULT_PAGE_SIZE,
+    MAX_AUDIT_FILTER_CHARS,
+    MAX_FILENAME_CHARS,
+    MAX_PAGE_SIZE,
+)
 from docpipe_api.models import (
     MAX_METADATA_BYTES,
     MAX_SOURCE_URL_CHARS,
     MAX_TAG_CHARS,
     MAX_TAGS,
+    AuditPage,
     Document,
     DocumentDetail,
     DocumentPage,
@@ -33,6 +39,7 @@ from docpipe_contracts.configuration import PIPELINE_NAME
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES
 from docpipe_contracts.correlation import HEADER as REQUEST_ID_HEADER
 from docpipe_contracts.correlation import MAX_LENGTH as REQUEST_ID_MAX_LENGTH
+from docpipe_queue.audit import ACTIONS, OUTCOMES
 
 _REF = "#/components/schemas/{model}"
 # Characters a tag or URL may not hold (C0 and C1 controls, DEL), as a regex class body.
@@ -141,6 +148,61 @@ _JOB_PARAM = {
 }
 
 
+def _audit_parameters() -> list[dict[str, Any]]:
+    def text(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_AUDIT_FILTER_CHARS},
+        }
+
+    def moment(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description + " An RFC 3339 date and time with an offset.",
+            "schema": {"type": "string", "format": "date-time"},
+        }
+
+    def choice(name: str, values: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "enum": list(values)},
+        }
+
+    return [
+        text("subject", "Only events of this token subject."),
+        text("owner", "Only events on this owner's documents."),
+        choice("action", ACTIONS),
+        choice("outcome", OUTCOMES),
+        moment("since", "Only events at or after this time."),
+        moment("until", "Only events before this time."),
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PAGE_SIZE,
+                "default": DEFAULT_PAGE_SIZE,
+            },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": "`next_cursor` of the previous page (keep the same filters).",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 40},
+        },
+    ]
+
+
 def _public(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
     return {"summary": summary, "security": [], "responses": responses}
 
@@ -159,6 +221,7 @@ def build_openapi() -> dict[str, Any]:
             (ErrorResponse, "serialization"),
             (Health, "serialization"),
             (Usage, "serialization"),
+            (AuditPage, "serialization"),
         ],
         ref_template=_REF,
     )
@@ -377,6 +440,19 @@ def build_openapi() -> dict[str, Any]:
                 parameters=[_JOB_PARAM],
             )
         },
+        "/v1/audit": {
+            "get": _operation(
+                "listAuditEvents",
+                "The audit trail: who did what, newest first",
+                "admin",
+                _responses({"200": _json_response("A page of audit events.", AuditPage)}, "422"),
+                parameters=_audit_parameters(),
+                description="Every upload, reprocess, delete and retry of every owner: the "
+                "token's subject, the owner, the request id, the action, its document or job, "
+                "and how it ended (ok, recorded in the action's own transaction; refused with a "
+                "4xx; failed with a 5xx). Requests whose token did not verify are not recorded.",
+            )
+        },
         "/healthz": {
             "get": _public("Liveness", {"200": _json_response("The process answers.", Health)})
         },
@@ -433,7 +509,7 @@ def build_openapi() -> dict[str, Any]:
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
                     "description": "HS256 or RS256; `exp` and `sub` required; scopes in `scope` "
-                    "(space-separated) or `scp`: read, write, search.",
+                    "(space-separated) or `scp`: read, write, search, admin (the audit trail).",
                 }
             },
             "parameters": {

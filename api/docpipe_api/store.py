@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -20,8 +20,8 @@ from pgvector import Vector
 from docpipe_api import metrics
 from docpipe_api.models import Document, DocumentDetail, DocumentUsage
 from docpipe_api.ranking import TermPlan, tsquery_literal
+from docpipe_queue import audit, queries
 from docpipe_queue import jobs as queue
-from docpipe_queue import queries
 from docpipe_queue.document_usage import Prices
 from docpipe_queue.jobs import Executor
 
@@ -159,14 +159,24 @@ async def list_documents(
     return list(await conn.fetch(LIST_DOCUMENTS, owner, pipeline, created, last_id, limit))
 
 
-async def delete_document(pool: asyncpg.Pool, document_id: uuid.UUID, owner: str) -> bool:
-    """Delete the owner's document with its chunks and jobs; False when there is none."""
+async def delete_document(
+    pool: asyncpg.Pool,
+    document_id: uuid.UUID,
+    owner: str,
+    *,
+    audit_event: audit.Event | None = None,
+) -> bool:
+    """Delete the owner's document with its chunks and jobs; False when there is none. When it
+    is deleted, `audit_event` is recorded in the same transaction."""
 
     async def attempt() -> bool:
         async with pool.acquire() as conn, conn.transaction():
             # Jobs first, then the document: see queries.CANCEL_OWNED_DOCUMENT_JOBS.
             await conn.execute(queries.CANCEL_OWNED_DOCUMENT_JOBS, document_id, owner)
-            return await conn.fetchval(DELETE_DOCUMENT, document_id, owner) is not None
+            deleted = await conn.fetchval(DELETE_DOCUMENT, document_id, owner) is not None
+            if deleted and audit_event is not None:
+                await audit.record(conn, audit_event)
+            return deleted
 
     return await retry_deadlocks(attempt)
 
@@ -177,14 +187,18 @@ async def get_job(conn: Executor, job_id: int, owner: str) -> asyncpg.Record | N
 
 
 async def retry_job(
-    pool: asyncpg.Pool, job_id: int, owner: str
+    pool: asyncpg.Pool, job_id: int, owner: str, *, audit_event: audit.Event | None = None
 ) -> tuple[asyncpg.Record | None, bool]:
     """Requeue the owner's dead or cancelled job: the job afterwards (None: not the owner's)
-    and whether it was requeued (False: it was not dead or cancelled)."""
+    and whether it was requeued (False: it was not dead or cancelled). When it is requeued,
+    `audit_event` is recorded in the same transaction, with the job's document."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchrow(GET_JOB + " for update of j", job_id, owner) is None:
+        found = await conn.fetchrow(GET_JOB + " for update of j", job_id, owner)
+        if found is None:
             return None, False
         retried = await queue.retry(conn, job_id)
+        if retried and audit_event is not None:
+            await audit.record(conn, replace(audit_event, document_id=found["document_id"]))
         return await conn.fetchrow(GET_JOB, job_id, owner), retried
 
 

@@ -21,11 +21,16 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 # included: the document says what it can (a non-empty file, the document content types as the
 # file part's encoding, the cursor's alphabet and length). What it cannot say is allowed here,
 # by operation, and nothing else:
-# - listDocuments: a `cursor` must be one this API returned (an opaque token naming a position);
-#   any other string of the cursor's alphabet is schema-valid and refused with 422.
+# - listDocuments, listAuditEvents: a `cursor` must be one this API returned (an opaque token
+#   naming a position); any other string of the cursor's alphabet is schema-valid and refused
+#   with 422.
 SCHEMATHESIS_CONFIG = """
 [[operations]]
 include-operation-id = "listDocuments"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422", "429"]
+
+[[operations]]
+include-operation-id = "listAuditEvents"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422", "429"]
 """
 
@@ -56,7 +61,7 @@ async def test_schemathesis_finds_no_server_error_or_nonconforming_response(
     # Some real resources so that reads and deletes meet existing ids too.
     for i in range(3):
         await api.upload(unique_markdown(f"Doc {i}"))
-    token = api.token(scopes="read write search")
+    token = api.token(scopes="read write search admin")
     report = tmp_path / "junit.xml"
     (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
     process = await asyncio.create_subprocess_exec(
@@ -76,7 +81,7 @@ async def test_schemathesis_finds_no_server_error_or_nonconforming_response(
     (tmp_path / "schemathesis.log").write_text(text)
     assert process.returncode == 0, text[-8000:]
     # It really exercised the API: every operation, hundreds of cases, all passed.
-    assert "Tested: 11" in text, text[-3000:]
+    assert "Tested: 12" in text, text[-3000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", text)
     assert counts is not None, text[-3000:]
     assert int(counts[1]) >= 200
