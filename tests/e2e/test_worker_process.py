@@ -231,6 +231,7 @@ async def test_workers_ride_out_a_database_restart(tmp_path: Path, mocks: str) -
     await add_documents(pool, total)
     port = free_port()
     proc = await spawn_worker(url, mocks, port, tmp_path / "w.log", DOCPIPE_CONCURRENCY="4")
+    restarted = False
     try:
 
         async def some_done() -> bool:
@@ -250,6 +251,7 @@ async def test_workers_ride_out_a_database_restart(tmp_path: Path, mocks: str) -
         assert proc.returncode is None, "the worker stays up through the outage"
         start = ["-w", "-o", '-h ""', "-o", f"-k {data}", "-l", str(data / "log"), "start"]
         await asyncio.to_thread(pg_ctl, start, pgdata=data, user=user)
+        restarted = True
 
         async def ready_again() -> bool:
             return await readyz(port) == 200
@@ -261,3 +263,8 @@ async def test_workers_ride_out_a_database_restart(tmp_path: Path, mocks: str) -
     finally:
         await stop(proc)
         await pool.close()
+        if restarted:
+            # Started by pg_ctl, the server is no longer pgserver's to stop when the session
+            # ends: without this it outlives the test run.
+            await asyncio.to_thread(pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=data, user=user)
+    assert not (data / "postmaster.pid").exists(), "the restarted server was stopped"

@@ -414,3 +414,29 @@ def test_markdown_extraction_imports_no_pdf_docx_or_html_library() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+def test_html_nested_too_deeply_is_unreadable_and_says_why() -> None:
+    nested = ("<div><span>" * 5000 + "deep" + "</span></div>" * 5000).encode()
+    with pytest.raises(UnreadableDocumentError, match="nested too deeply") as caught:
+        extract_markdown(nested, filename="deep.html")
+    assert isinstance(caught.value, PermanentError)
+
+
+def test_nul_characters_in_the_extracted_text_are_dropped() -> None:
+    # Postgres cannot store NUL in text: a document whose markup carries one must still store.
+    text = extract_markdown(b"<p>tide\x00 tables</p>", filename="t.html")
+    assert text == "tide tables"
+
+
+def test_a_document_error_crosses_a_process_boundary_with_its_type_and_fields() -> None:
+    import pickle
+
+    error = UnsupportedDocumentError(filename="a.xyz", content_type="application/x-thing")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is UnsupportedDocumentError
+    assert (str(copy), copy.filename, copy.content_type) == (
+        str(error),
+        "a.xyz",
+        "application/x-thing",
+    )

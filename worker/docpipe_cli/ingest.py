@@ -16,9 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
+from docpipe_queue.connectivity import DB_ERRORS
 from docpipe_queue.documents import add_document
 
 LOCAL_OWNER = "local"
+# Waiting for documents without --timeout, how long the database may stay unreachable.
+OUTAGE_LIMIT_S = 300.0
+OUTAGE_RETRY_S = 0.5
 
 
 @dataclass
@@ -120,12 +124,32 @@ async def _follow(
     timeout_s: float | None,
 ) -> None:
     waiting = set(ids)
+    outage_since: float | None = None
     while waiting:
-        rows = await pool.fetch(
-            "select id, status, error from docpipe.documents"
-            " where id = any($1) and status in ('processed', 'failed')",
-            list(waiting),
-        )
+        try:
+            rows = await pool.fetch(
+                "select id, status, error from docpipe.documents"
+                " where id = any($1) and status in ('processed', 'failed')",
+                list(waiting),
+            )
+        except DB_ERRORS as exc:
+            # The workers ride out a database restart; so does the wait for their work.
+            now = time.monotonic()
+            if outage_since is None:
+                outage_since = now
+                progress.console.print(
+                    f"[yellow]database unreachable ({type(exc).__name__}: {exc}); still waiting[/]"
+                )
+            if timeout_s is not None and now - started > timeout_s:
+                report.pending = len(waiting)
+                break
+            if timeout_s is None and now - outage_since > OUTAGE_LIMIT_S:
+                raise
+            await asyncio.sleep(OUTAGE_RETRY_S)
+            continue
+        if outage_since is not None:
+            progress.console.print("database reachable again")
+            outage_since = None
         for row in rows:
             waiting.discard(row["id"])
             if row["status"] == "processed":

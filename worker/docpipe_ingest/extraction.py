@@ -5,10 +5,11 @@ from __future__ import annotations
 import codecs
 import io
 import re
+import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from docpipe_contracts.content_types import (
     EXTENSION_CONTENT_TYPES,
@@ -21,7 +22,12 @@ from docpipe_contracts.errors import PermanentError
 if TYPE_CHECKING:
     from docx.table import Table
     from docx.text.paragraph import Paragraph
+    from pypdf import PdfReader
 
+
+# Not the input's fault as such, but the limits it hit: reported as what they are (the parse
+# isolation names the limit), never disguised as a corrupt file.
+_RESOURCE_ERRORS = (RecursionError, MemoryError)
 
 # Formats whose bytes may carry no text and still be valid, with a hint on why that happens.
 _EMPTY_HINTS: Mapping[str, str] = MappingProxyType(
@@ -39,6 +45,19 @@ class DocumentError(PermanentError):
     def __init__(self, message: str, *, filename: str) -> None:
         super().__init__(message)
         self.filename = filename
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses from the parse's child process to the worker whatever the subclass's signature.
+        return (_rebuild_document_error, (type(self), str(self), self.__dict__))
+
+
+def _rebuild_document_error(
+    cls: type[DocumentError], message: str, state: dict[str, Any]
+) -> DocumentError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class UnsupportedDocumentError(DocumentError):
@@ -66,6 +85,31 @@ def extract_markdown(data: bytes, *, filename: str, content_type: str | None = N
 
     Raises UnsupportedDocumentError, UnreadableDocumentError or EmptyDocumentError.
     """
+    fmt, charset = document_format(data, filename=filename, content_type=content_type)
+    try:
+        text = _EXTRACTORS[fmt](data, filename, charset)
+    except RecursionError as exc:
+        # Deterministic: the same bytes nest as deep on every attempt.
+        raise UnreadableDocumentError(
+            f"cannot read {filename!r}: its structure is nested too deeply to parse"
+            f" ({type(exc).__name__}: {exc})",
+            filename=filename,
+        ) from None
+    # NUL can be in markup or a PDF's text layer, and cannot be stored in a Postgres text column.
+    text = text.replace("\x00", "")
+    if not text.strip():
+        hint = _EMPTY_HINTS.get(fmt, "the file holds only whitespace")
+        raise EmptyDocumentError(
+            f"no text could be extracted from {filename!r} ({fmt}): {hint}", filename=filename
+        )
+    return text
+
+
+def document_format(
+    data: bytes, *, filename: str, content_type: str | None = None
+) -> tuple[str, str | None]:
+    """The document's format ('text', 'markdown', 'html', 'pdf', 'docx') and declared charset:
+    from its content type, else its file extension, else its bytes."""
     media_type, charset = _parse_content_type(content_type)
     fmt = (
         SUPPORTED_CONTENT_TYPES.get(media_type)
@@ -74,13 +118,24 @@ def extract_markdown(data: bytes, *, filename: str, content_type: str | None = N
     )
     if fmt is None:
         raise UnsupportedDocumentError(filename=filename, content_type=content_type)
-    text = _EXTRACTORS[fmt](data, filename, charset)
-    if not text.strip():
-        hint = _EMPTY_HINTS.get(fmt, "the file holds only whitespace")
-        raise EmptyDocumentError(
-            f"no text could be extracted from {filename!r} ({fmt}): {hint}", filename=filename
-        )
-    return text
+    return fmt, charset
+
+
+def pdf_page_count(data: bytes, *, filename: str) -> int:
+    """How many pages the PDF has (for processing a large one in page ranges)."""
+    return len(_pdf_reader(data, filename).pages)
+
+
+def extract_pdf_pages(data: bytes, *, filename: str, first: int, last: int) -> str:
+    """The text of pages `first` (inclusive) to `last` (exclusive) of a PDF, '' when none."""
+    reader = _pdf_reader(data, filename)
+    try:
+        pages = [reader.pages[i].extract_text() for i in range(first, min(last, len(reader.pages)))]
+    except _RESOURCE_ERRORS:
+        raise
+    except Exception as exc:  # pypdf raises many unrelated types on malformed input
+        raise _corrupt_pdf(filename, exc) from exc
+    return "\n\n".join(text.strip() for text in pages if text.strip()).replace("\x00", "")
 
 
 def _parse_content_type(content_type: str | None) -> tuple[str, str | None]:
@@ -177,7 +232,7 @@ def _extract_html(data: bytes, filename: str, charset: str | None) -> str:
     return _BLANK_RUNS.sub("\n\n", markdown).strip()
 
 
-def _extract_pdf(data: bytes, filename: str, charset: str | None) -> str:
+def _pdf_reader(data: bytes, filename: str) -> PdfReader:
     from pypdf import PasswordType, PdfReader
 
     try:
@@ -189,16 +244,24 @@ def _extract_pdf(data: bytes, filename: str, charset: str | None) -> str:
                 " remove the password and upload it again",
                 filename=filename,
             )
-        pages = [page.extract_text() for page in reader.pages]
-    except DocumentError:
+        len(reader.pages)  # reads the page tree: a broken one fails here, not later
+    except (DocumentError, *_RESOURCE_ERRORS):
         raise
     except Exception as exc:  # pypdf raises many unrelated types on malformed input
-        raise UnreadableDocumentError(
-            f"cannot read {filename!r}: not a valid PDF, or corrupt or truncated ({exc});"
-            " export it again and upload the new file",
-            filename=filename,
-        ) from exc
-    return "\n\n".join(text.strip() for text in pages if text.strip())
+        raise _corrupt_pdf(filename, exc) from exc
+    return reader
+
+
+def _corrupt_pdf(filename: str, exc: Exception) -> UnreadableDocumentError:
+    return UnreadableDocumentError(
+        f"cannot read {filename!r}: not a valid PDF, or corrupt or truncated ({exc});"
+        " export it again and upload the new file",
+        filename=filename,
+    )
+
+
+def _extract_pdf(data: bytes, filename: str, charset: str | None) -> str:
+    return extract_pdf_pages(data, filename=filename, first=0, last=sys.maxsize)
 
 
 _HEADING_STYLE = re.compile(r"Heading ([1-9])")
@@ -223,6 +286,8 @@ def _extract_docx(data: bytes, filename: str, charset: str | None) -> str:
             parts.append("\n" if in_list and is_list_item else "\n\n")
             parts.append(block)
             in_list = is_list_item
+    except _RESOURCE_ERRORS:
+        raise
     except Exception as exc:  # python-docx raises KeyError, ValueError, lxml errors... on bad input
         raise UnreadableDocumentError(
             f"cannot read {filename!r}: not a valid Word .docx file ({exc}); if it is an old"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,11 +19,14 @@ from aiohttp import web
 
 from docpipe_contracts.errors import StartupError
 from docpipe_ingest.health import HealthState, build_health_app
+from docpipe_ingest.isolation import ParseLimits, ParsePool
 from docpipe_ingest.parsers import LocalParser
+from docpipe_ingest.parts import PartsConfig
 from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline, Parser
 from docpipe_ingest.settings import WorkerSettings
-from docpipe_providers.embeddings import OpenAIEmbedder
+from docpipe_providers.embeddings import Embedder, OpenAIEmbedder
 from docpipe_providers.llamaparse import LlamaParseClient
+from docpipe_providers.object_storage import ObjectStore
 from docpipe_providers.quota import LocalBudget, QuotaKey, QuotaLimits, hash_api_key
 from docpipe_providers.quota_calls import QuotaGate
 from docpipe_providers.shared_budget import SharedBudget
@@ -33,6 +39,9 @@ from docpipe_queue.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 5.0
+# What a SIGTERM may take beyond DOCPIPE_SHUTDOWN_GRACE_SECONDS: releasing the jobs left,
+# closing the database pool and the HTTP clients.
+SHUTDOWN_MARGIN_S = 5.0
 
 
 def _secret(value: object) -> str:
@@ -137,7 +146,16 @@ def build_document_parser(
             request_timeout=settings.request_timeout_seconds,
             quota=quota,
         )
-    return LocalParser()
+    return LocalParser(
+        ParsePool(
+            settings.parse_processes,
+            ParseLimits(
+                cpu_s=settings.parse_cpu_seconds,
+                wall_s=settings.parse_wall_seconds,
+                memory_mb=settings.parse_memory_mb,
+            ),
+        )
+    )
 
 
 def build_embedder(
@@ -156,6 +174,28 @@ def build_embedder(
         request_timeout=settings.request_timeout_seconds,
         quota=quota,
     )
+
+
+def build_worker_embedder(
+    settings: WorkerSettings,
+    session: aiohttp.ClientSession,
+    quota: QuotaGate | None = None,
+) -> Embedder:
+    """The worker's embedder: its jobs share requests (`docpipe_providers.batching`) unless
+    `DOCPIPE_EMBEDDING_SHARED_REQUESTS=false`."""
+    embedder = build_embedder(settings, session, quota)
+    if not settings.embedding_shared_requests:
+        return embedder
+    return embedder.shared(
+        window_s=settings.embedding_batch_window_ms / 1000,
+        max_inputs=settings.embedding_batch_size,
+        max_tokens=settings.embedding_batch_tokens,
+    )
+
+
+def _object_store(settings: WorkerSettings, session: aiohttp.ClientSession) -> ObjectStore | None:
+    config = settings.object_storage()
+    return ObjectStore(session, config) if config is not None else None
 
 
 async def _publish_queue_stats(pool: asyncpg.Pool, pipeline: str, state: dict[str, bool]) -> None:
@@ -202,14 +242,27 @@ async def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -
             pipeline = IngestPipeline(
                 pool,
                 build_document_parser(settings, session, quotas.llamaparse),
-                build_embedder(settings, session, quotas.openai),
+                build_worker_embedder(settings, session, quotas.openai),
                 chunking=ChunkingConfig(settings.chunk_max_chars, settings.chunk_overlap_chars),
                 dimensions=settings.embedding_dimensions,
                 revision=settings.revision,
                 store_concurrency=settings.store_concurrency,
+                originals=_object_store(settings, session),
+                parts=PartsConfig(
+                    settings.large_document_bytes, settings.part_pages, settings.part_chunks
+                ),
             )
-            await pipeline.check_dimensions()
-            await _serve(settings, pool, pipeline, handle_signals=handle_signals)
+            parser = pipeline.parser
+            try:
+                if isinstance(parser, LocalParser):
+                    await parser.pool.start()
+                await pipeline.check_dimensions()
+                await _serve(settings, pool, pipeline, handle_signals=handle_signals)
+            finally:
+                # Parses still running (a drain that ran out of grace) are killed with their
+                # children; the jobs were released or their leases expire.
+                if isinstance(parser, LocalParser):
+                    await parser.aclose()
     finally:
         await pool.close()
 
@@ -249,13 +302,15 @@ async def _serve(
     runner = web.AppRunner(build_health_app(health), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.metrics_host, settings.metrics_port).start()
+    # The port bound, which DOCPIPE_METRICS_PORT=0 leaves to the system.
+    port = runner.addresses[0][1] if runner.addresses else settings.metrics_port
     log.info(
         "worker started",
         extra={
             "pipeline": settings.pipeline,
             "revision": settings.revision,
             "concurrency": settings.concurrency,
-            "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+            "metrics": f"http://{settings.metrics_host}:{port}/metrics",
         },
     )
 
@@ -272,7 +327,11 @@ async def _serve(
     drained = asyncio.Event()
 
     async def shutdown() -> None:
+        if health.draining:
+            return  # a second signal: the first one's drain and deadline stand
         health.draining = True
+        # Whatever is running and whatever the database does, the process ends in time.
+        exit_after(settings.shutdown_grace_seconds + SHUTDOWN_MARGIN_S)
         log.info("draining", extra={"grace_s": settings.shutdown_grace_seconds})
         await consumer.drain(settings.shutdown_grace_seconds)
         drained.set()
@@ -292,6 +351,25 @@ async def _serve(
             await asyncio.gather(*background, return_exceptions=True)
         await runner.cleanup()
         log.info("worker stopped")
+
+
+def exit_after(seconds: float) -> threading.Timer:
+    """End the process in `seconds` unless it has ended by itself (a daemon thread)."""
+
+    def force() -> None:
+        log.error(
+            "shutdown did not finish within the grace period; exiting now",
+            extra={"after_s": seconds},
+        )
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _version() -> str:

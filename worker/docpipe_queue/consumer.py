@@ -22,7 +22,7 @@ from docpipe_queue import heartbeat, metrics, rescue
 from docpipe_queue import jobs as queue
 from docpipe_queue.completions import Completions
 from docpipe_queue.connectivity import DB_ERRORS, Connectivity
-from docpipe_queue.jobs import ClaimedJob, Lease
+from docpipe_queue.jobs import ClaimedJob, Lease, LeaseState
 from docpipe_queue.notifications import Notifications
 from docpipe_queue.retry import RetryPolicy, backoff_delay
 
@@ -108,6 +108,7 @@ class Consumer:
         self.config = config
         self._connectivity = Connectivity()
         self._running: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        self._recording: set[asyncio.Task[None]] = set()
         # Slots held after a failure (see ConsumerConfig.failure_hold_s).
         self._held = 0
         self._slot_freed = asyncio.Event()
@@ -156,6 +157,7 @@ class Consumer:
             lease_s=cfg.lease_s,
             held=self._held_leases,
             lost=self._abandon,
+            worker=cfg.worker_id,
         )
         rescuing = rescue.run(self.pool, self._connectivity, interval_s=cfg.rescue_interval_s)
         helpers = [
@@ -291,6 +293,17 @@ class Consumer:
         except PermanentError as exc:
             await self._fail(job, str(exc), permanent=True, retry_after=None)
             self._hold_slot(started)
+        except asyncpg.DataError as exc:
+            # The database refuses what the input became (a value out of range, bytes it cannot
+            # store): the same input fails the same way on every attempt.
+            message = f"the database refused the document's data ({type(exc).__name__}: {exc})"
+            await self._fail(job, message, permanent=True, retry_after=None)
+            self._hold_slot(started)
+        except RecursionError as exc:
+            # The same input recurses as deep on every attempt: not worth a retry.
+            message = f"the document is nested too deeply to process ({type(exc).__name__}: {exc})"
+            await self._fail(job, message, permanent=True, retry_after=None)
+            self._hold_slot(started)
         except TransientError as exc:
             await self._fail(job, str(exc), permanent=False, retry_after=exc.retry_after)
             self._hold_slot(started)
@@ -369,8 +382,43 @@ class Consumer:
         # Finished jobs keep their lease until their completion is written.
         return [job.lease for job, _ in self._running.values()] + self._completions.pending
 
-    def _abandon(self, lease: Lease) -> None:
+    def _abandon(self, lease: Lease, state: LeaseState, since_renewal_s: float) -> None:
         entry = self._running.get(lease.job_id)
-        if entry is not None:
-            log.info("lease lost, abandoning job", extra={"job_id": lease.job_id})
-            entry[1].cancel()
+        if entry is None or entry[0].lease != lease:
+            return  # finished meanwhile (its completion found the lease gone and counted it)
+        self._m_lost.inc()
+        if state.status == "cancelled":
+            why = "job cancelled"
+        elif state.status is None:
+            why = "job deleted"
+        else:
+            why = "lease lost"
+        log.info(
+            f"{why}, abandoning job",
+            extra={
+                "job_id": lease.job_id,
+                "status": state.status,
+                "seconds_since_renewal": round(since_renewal_s, 1),
+            },
+        )
+        # Cancelling the handler stops its work at once: a parse in a child process is killed.
+        entry[1].cancel()
+        if why == "lease lost":
+            error = (
+                f"lease lost on live worker {self.config.worker_id}: the job was rescued while"
+                f" the worker was running it ({since_renewal_s:.0f} s after its last renewal"
+                f" reached the database, with a lease of {self.config.lease_s:g} s: the"
+                " database unreachable or too slow to renew it in time?); the worker abandoned"
+                " the job"
+            )
+            task = asyncio.create_task(self._record_lease_lost(lease, error))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
+
+    async def _record_lease_lost(self, lease: Lease, error: str) -> None:
+        try:
+            await queue.record_lease_lost(
+                self.pool, lease, worker=self.config.worker_id, error=error
+            )
+        except Exception as exc:  # only the job's last_error is less precise
+            log.warning("could not record the lost lease of job %d: %s", lease.job_id, exc)

@@ -207,6 +207,34 @@ async def heartbeat(conn: Executor, leases: Iterable[Lease], *, lease_s: float) 
     return {r[0] for r in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """What became of a job whose lease a heartbeat could not renew."""
+
+    job_id: int
+    status: str | None  # None: the job is gone (its document was deleted)
+    worker: str | None
+    lease_token: uuid.UUID | None
+
+    def completed_by(self, worker: str) -> bool:
+        """The job succeeded under this worker: its own completion, not a lost lease."""
+        return self.status == "succeeded" and self.worker == worker
+
+
+async def lease_states(conn: Executor, leases: Iterable[Lease]) -> dict[int, LeaseState]:
+    """The current state of the leases' jobs, by job id."""
+    ids = [lease.job_id for lease in leases]
+    rows = await conn.fetch(queries.LEASE_STATES, ids)
+    found = {r[0]: LeaseState(r[0], r[1], r[2], r[3]) for r in rows}
+    return {i: found.get(i, LeaseState(i, None, None, None)) for i in ids}
+
+
+async def record_lease_lost(conn: Executor, lease: Lease, *, worker: str, error: str) -> bool:
+    """Replace the rescue's 'crashed or unreachable' by what happened to a live worker."""
+    row = await conn.fetchval(queries.RECORD_LEASE_LOST, lease.job_id, lease.token, error, worker)
+    return row is not None
+
+
 async def rescue_expired(conn: Executor, *, limit: int = 1000) -> RescueResult:
     """Requeue (or bury, when out of attempts) jobs whose lease expired."""
     rows = await conn.fetch(queries.RESCUE, limit)
