@@ -4,16 +4,19 @@
    operator tests, with worker pods whose /metrics are real HTTP endpoints on 127.0.0.x. A backlog
    appears; the time until the Deployment's replicas are patched is measured, several times, at
    the default interval (5 s). KEDA's defaults react within 30 s polling + 15 s HPA sync.
-2. Simulation (bench/autoscaling_sim.py): docpipe's decision and KEDA + HPA over a sweep of
+2. Simulation (bench/autoscaling_simulation.py): docpipe's decision and KEDA + HPA over a sweep of
    targets per replica, on the same seeded jobs of each trace; p95 queue wait, replica-seconds and
    pods started; docpipe against KEDA tuned to the same wait and to the same replica-seconds.
    Plots in docs/autoscaling-traces.png and docs/autoscaling-frontier.png.
-3. Footprint: `docpipe operator` as its own process with 50 DocumentPipelines (one worker each),
-   RSS and CPU seconds per minute.
+3. Footprint: `docpipe operator` as its own process (started from this Python) with 50, 200 and
+   1,000 DocumentPipelines of 1 to 3 worker pods each (one HTTP server answers /metrics for every
+   pod address): API requests per pipeline per minute in steady state, CPU seconds per minute,
+   RSS, and the reaction from a backlog spike to the patched replica count at that scale.
 
-    python bench/autoscaling.py              # a table on stdout
-    python bench/autoscaling.py --json       # one JSON object on stdout
-    python bench/autoscaling.py --sim-only   # the simulation and its plots only (~15 s)
+    python bench/autoscaling.py                  # a table on stdout
+    python bench/autoscaling.py --json           # one JSON object on stdout
+    python bench/autoscaling.py --sim-only       # the simulation and its plots only (~15 s)
+    python bench/autoscaling.py --footprint-only --pipelines 50,200,1000
 """
 
 from __future__ import annotations
@@ -37,62 +40,33 @@ if sys.path and os.path.realpath(sys.path[0] or os.curdir) == str(ROOT / "bench"
     del sys.path[0]
 sys.path.insert(0, str(ROOT))
 
-import kmock  # noqa: E402
 import psutil  # type: ignore[import-untyped]  # noqa: E402
-import yaml  # noqa: E402
-from tests.operator.conftest import (  # noqa: E402
-    DEPLOYMENTS,
+from tests.support import autoscaling_simulation  # noqa: E402
+from tests.support.cluster import (  # noqa: E402
     NAMESPACE,
-    Fleet,
     OperatorProcess,
-    free_port,
+    emulated_cluster,
     pipeline_body,
 )
-from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi  # noqa: E402
-
-from bench import autoscaling_sim  # noqa: E402
+from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, KubernetesApi  # noqa: E402
+from tests.support.fleet import Fleet, kubelet  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 PLOT_PATH = ROOT / "docs" / "autoscaling-traces.png"
 FRONTIER_PATH = ROOT / "docs" / "autoscaling-frontier.png"
 
 
-async def _with_cluster(work: Any) -> Any:
-    api = KubernetesApi()
-    async with api, kmock.Server(api) as server:
-        api.create_object("/v1/namespaces", None, {"metadata": {"name": NAMESPACE}})
-        api.create_object(
-            "kopf.dev/v1/clusterkopfpeerings", None, {"metadata": {"name": "docpipe"}}
-        )
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "e",
-            "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}],
-            "clusters": [{"name": "e", "cluster": {"server": str(server.url).rstrip("/")}}],
-            "users": [{"name": "u", "user": {"token": "bench"}}],
-        }
-        path = Path(os.environ.get("TMPDIR", "/tmp")) / f"docpipe-bench-{os.getpid()}.kubeconfig"
-        path.write_text(yaml.safe_dump(config))
-        os.environ["KUBECONFIG"] = str(path)
-        fleet = Fleet(api)
-
-        async def kubelet() -> None:
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.05)
-                now = time.monotonic()
-                await fleet.step(now - last)
-                last = now
-
-        task = asyncio.create_task(kubelet())
-        try:
+async def _with_cluster(work: Any, *, shared_server: bool = False, period: float = 0.05) -> Any:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"docpipe-bench-{os.getpid()}.kubeconfig"
+    try:
+        async with (
+            emulated_cluster(path) as api,
+            kubelet(Fleet(api, shared_server=shared_server), period=period) as fleet,
+        ):
+            os.environ["KUBECONFIG"] = str(path)
             return await work(api, fleet, path)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await fleet.close()
-            path.unlink(missing_ok=True)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _replicas(api: KubernetesApi, name: str = "docs") -> int:
@@ -139,17 +113,43 @@ async def measure_reaction(spikes: int) -> list[float]:
     return result
 
 
-async def measure_footprint(pipelines: int, seconds: float) -> dict[str, float]:
-    """RSS and CPU per minute of `docpipe operator` (its own process) with N pipelines."""
+# `docpipe …` from the Python that runs this script: no console script or venv layout assumed.
+DOCPIPE = (sys.executable, "-c", "import sys; from docpipe_cli.main import main; sys.exit(main())")
+FOOTPRINT_PORT = 9300  # every fake pod's /metrics, one server for all (Fleet.shared_server)
+SPIKES_PER_SIZE = 3
+SPIKE_LIMIT = 30.0  # seconds; a spike not answered by then counts as missed
 
-    async def work(api: KubernetesApi, fleet: Fleet, kubeconfig: Path) -> dict[str, float]:
+
+def _footprint_body(i: int) -> dict[str, Any]:
+    """Pipeline i: 1 to 3 workers, held there (one job in flight each, two slots)."""
+    pods = 1 + i % 3
+    return pipeline_body(
+        f"p{i:04d}",
+        worker={"image": "docpipe:1", "concurrency": 2, "metricsPort": FOOTPRINT_PORT},
+        scaling={
+            "minReplicas": pods,
+            "maxReplicas": 20,
+            "intervalSeconds": 5,
+            "scaleDownStabilizationSeconds": 0,
+            "maxScaleUpStep": 20,
+        },
+    )
+
+
+async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
+    """Steady state of `docpipe operator` (its own process) with N pipelines of 1-3 pods each:
+    API requests, CPU seconds per minute and RSS; then the reaction to backlog spikes."""
+
+    async def work(api: KubernetesApi, fleet: Fleet, kubeconfig: Path) -> dict[str, Any]:
         fleet.busy_per_pod = 1
+        pods = 0
         for i in range(pipelines):
-            body = pipeline_body(f"p{i:02d}")
-            api.create_object(DOCPIPE_RESOURCE, NAMESPACE, body)
+            api.create_object(DOCPIPE_RESOURCE, NAMESPACE, _footprint_body(i))
+            pods += 1 + i % 3
         liveness_port = free_port()
+        started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
-            str(ROOT / ".venv" / "bin" / "docpipe"),
+            *DOCPIPE,
             "operator",
             f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -157,34 +157,86 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, float]:
             stderr=asyncio.subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 120
-            while len(api.list_objects(DEPLOYMENTS)) < pipelines:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the operator did not create every Deployment")
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(10)  # settle: every daemon running
+            deadline = time.monotonic() + 60 + pipelines * 0.5
+            while not (
+                len(fleet.workers) == pods
+                and sum(
+                    (p.get("status") or {}).get("readyReplicas") == 1 + i % 3
+                    for i, p in enumerate(
+                        sorted(
+                            api.stored_objects(DOCPIPE_RESOURCE),
+                            key=lambda o: o["metadata"]["name"],
+                        )
+                    )
+                )
+                == pipelines
+            ):
+                if time.monotonic() > deadline or process.returncode is not None:
+                    raise RuntimeError("the operator did not bring every pipeline up")
+                await asyncio.sleep(0.5)
+            converged = time.monotonic() - started
+            # Settle: the throughput figure moves until the decision's 60 s rate window is full.
+            await asyncio.sleep(65)
             proc = psutil.Process(process.pid)
+            harness = psutil.Process()  # this process: the emulator and every pod's /metrics
+            harness_cpu0 = sum(harness.cpu_times()[:2])
             cpu0 = sum(proc.cpu_times()[:2])
             requests0 = api.request_count
+            verbs0 = dict(api.requests_by)
             await asyncio.sleep(seconds)
             cpu = sum(proc.cpu_times()[:2]) - cpu0
+            requests = (api.request_count - requests0) * 60.0 / seconds
+            verbs = {
+                k: v - verbs0.get(k, 0) for k, v in api.requests_by.items() if v - verbs0.get(k, 0)
+            }
+            rss = proc.memory_info().rss / 2**20
+            harness_cpu = sum(harness.cpu_times()[:2]) - harness_cpu0
+            incomplete = sum(
+                any(
+                    c.get("type") == "Degraded" and c.get("reason") == "MetricsIncomplete"
+                    for c in (p.get("status") or {}).get("conditions") or []
+                )
+                for p in api.stored_objects(DOCPIPE_RESOURCE)
+            )
+            reactions: list[float | None] = []
+            for spike in range(SPIKES_PER_SIZE):
+                name = f"p{spike * 3 * max(1, pipelines // 10):04d}"  # a one-worker pipeline
+                await asyncio.sleep(random.uniform(0.5, 5.5))  # anywhere in an interval
+                before = _replicas(api, name)
+                fleet.ready_by_pipeline[name], fleet.busy_by_pipeline[name] = 200, 2
+                spiked = time.monotonic()
+                while _replicas(api, name) <= before and time.monotonic() - spiked < SPIKE_LIMIT:
+                    await asyncio.sleep(0.01)
+                took = time.monotonic() - spiked
+                reactions.append(took if took < SPIKE_LIMIT else None)
+                del fleet.ready_by_pipeline[name], fleet.busy_by_pipeline[name]
             return {
-                "pipelines": float(pipelines),
-                "rss_mib": proc.memory_info().rss / 2**20,
+                "pipelines": pipelines,
+                "pods": pods,
+                "api_requests_per_minute": requests,
+                "api_requests_per_pipeline_minute": requests / pipelines,
+                "api_requests_by_kind": verbs,
                 "cpu_seconds_per_minute": cpu * 60.0 / seconds,
-                "api_requests_per_minute": (api.request_count - requests0) * 60.0 / seconds,
+                "rss_mib": rss,
+                # None: no scale-up within SPIKE_LIMIT seconds.
+                "reaction_s": None if None in reactions else max(r for r in reactions if r),
+                "reaction_all_s": reactions,
+                "harness_cpu_seconds_per_minute": harness_cpu * 60.0 / seconds,
+                "pipelines_metrics_incomplete": incomplete,
+                "converge_s": converged,
+                "measured_seconds": seconds,
             }
         finally:
             process.terminate()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), timeout=20)
+                await asyncio.wait_for(process.wait(), timeout=30)
 
-    result: dict[str, float] = await _with_cluster(work)
+    result: dict[str, Any] = await _with_cluster(work, shared_server=True, period=0.5)
     return result
 
 
 def plot_traces(
-    load: autoscaling_sim.Workload, traces: dict[str, dict[str, Any]], path: Path
+    load: autoscaling_simulation.Workload, traces: dict[str, dict[str, Any]], path: Path
 ) -> None:
     """Replicas over time of docpipe, of KEDA at docpipe's cost and at its usual target."""
     import matplotlib
@@ -194,10 +246,10 @@ def plot_traces(
 
     fig, axes = plt.subplots(len(traces), 1, figsize=(10, 2.8 * len(traces)))
     for ax, (name, result) in zip(axes, traces.items(), strict=True):
-        trace, duration = autoscaling_sim.TRACES[name]
+        trace, duration = autoscaling_simulation.TRACES[name]
         same_cost = result["keda_same_cost"]["target_per_replica"]
         usual = result["keda_usual"]["target_per_replica"]
-        series = autoscaling_sim.trace_series(
+        series = autoscaling_simulation.trace_series(
             trace, duration, load, {"same_cost": same_cost, "usual": usual}
         )
         minutes = [t / 60 for t in series["t"]]
@@ -360,9 +412,9 @@ def print_traces(result: dict[str, Any]) -> None:
 
 def simulate(args: argparse.Namespace) -> dict[str, Any]:
     """The simulation part of the result (and the plots)."""
-    load = autoscaling_sim.Workload(seed=None if args.no_noise else args.seed)
+    load = autoscaling_simulation.Workload(seed=None if args.no_noise else args.seed)
     start = time.monotonic()
-    traces = autoscaling_sim.run_traces(load)
+    traces = autoscaling_simulation.run_traces(load)
     elapsed = time.monotonic() - start
     if not args.no_plot:
         plot_traces(load, traces, PLOT_PATH)
@@ -372,11 +424,27 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         "criterion_met": all(r["verdict"]["met"] for r in traces.values()),
         "target_wait_s": load.target_wait_seconds,
         "seed": load.seed,
-        "keda_targets": autoscaling_sim.keda_targets(load),
+        "keda_targets": autoscaling_simulation.keda_targets(load),
         "keda_usual_target_per_replica": float(load.concurrency),
-        "keda_for_wait_target_per_replica": autoscaling_sim.keda_target_for_wait(load),
+        "keda_for_wait_target_per_replica": autoscaling_simulation.keda_target_for_wait(load),
         "sim_seconds": elapsed,
     }
+
+
+def _footprint_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "operator footprint (steady state; reaction: backlog spike to patched replicas)",
+        f"  {'pipelines':>9} {'pods':>5} {'req/min':>8} {'req/pipeline/min':>17} "
+        f"{'CPU s/min':>9} {'RSS MiB':>8} {'reaction s':>10}",
+    ]
+    for f in rows:
+        lines.append(
+            f"  {f['pipelines']:>9} {f['pods']:>5} {f['api_requests_per_minute']:>8.1f} "
+            f"{f['api_requests_per_pipeline_minute']:>17.3f} {f['cpu_seconds_per_minute']:>9.1f} "
+            f"{f['rss_mib']:>8.0f} "
+            + (f"{f['reaction_s']:>10.2f}" if f["reaction_s"] is not None else f"{'missed':>10}")
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,12 +458,27 @@ def main(argv: list[str] | None = None) -> int:
         "--no-noise", action="store_true", help="deterministic arrivals and job times"
     )
     parser.add_argument("--spikes", type=int, default=5, help="backlog spikes to time")
-    parser.add_argument("--pipelines", type=int, default=50, help="pipelines for the footprint")
+    parser.add_argument(
+        "--pipelines",
+        default="50,200,1000",
+        help="pipeline counts of the footprint runs, comma-separated",
+    )
     parser.add_argument("--footprint-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--footprint-only", action="store_true", help="the footprint runs only (no reaction, sim)"
+    )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
 
     result: dict[str, Any] = {}
+    sizes = [int(n) for n in str(args.pipelines).split(",") if n.strip()]
+    if args.footprint_only:
+        result["footprint"] = []
+        for n in sizes:
+            result["footprint"].append(asyncio.run(measure_footprint(n, args.footprint_seconds)))
+            print(json.dumps(result["footprint"][-1]), file=sys.stderr, flush=True)
+        print(json.dumps(result) if args.json else _footprint_table(result["footprint"]))
+        return 0
     if not args.sim_only:
         reactions = asyncio.run(measure_reaction(args.spikes))
         result.update(
@@ -404,13 +487,15 @@ def main(argv: list[str] | None = None) -> int:
                 "reaction_median_s": statistics.median(reactions),
                 "reaction_all_s": reactions,
                 "reaction_bound_s": 5.0 + 1.0,
-                "keda_reaction_bound_s": autoscaling_sim.KEDA_POLLING_SECONDS
-                + autoscaling_sim.HPA_SYNC_SECONDS,
+                "keda_reaction_bound_s": autoscaling_simulation.KEDA_POLLING_SECONDS
+                + autoscaling_simulation.HPA_SYNC_SECONDS,
             }
         )
     result.update(simulate(args))
     if not args.sim_only:
-        result["footprint"] = asyncio.run(measure_footprint(args.pipelines, args.footprint_seconds))
+        result["footprint"] = [
+            asyncio.run(measure_footprint(n, args.footprint_seconds)) for n in sizes
+        ]
     if args.json:
         print(json.dumps(result))
         return 0
@@ -423,12 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print_traces(result)
     if not args.sim_only:
-        f = result["footprint"]
-        print(
-            f"operator footprint, {f['pipelines']:.0f} pipelines: RSS {f['rss_mib']:.0f} MiB, "
-            f"CPU {f['cpu_seconds_per_minute']:.1f} s/min, "
-            f"{f['api_requests_per_minute']:.0f} API requests/min"
-        )
+        print(_footprint_table(result["footprint"]))
     return 0
 
 

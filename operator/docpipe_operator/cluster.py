@@ -63,23 +63,31 @@ PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 NAMESPACED_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
 
-# What this module's client does, and why; `_call` refuses anything else.
+# What this module's client does, and why; `_call` refuses anything else. No child is read: the
+# rounds read them from the watches' indexes (see CHILD_WATCHES).
 OPERATOR_CALLS: dict[Resource, frozenset[str]] = {
     # Deployments: the stable one and, during a rollout, the canary (deleted when it ends).
-    DEPLOYMENTS: frozenset({"get", "create", "patch", "delete"}),
-    SERVICES: frozenset({"get", "create", "patch"}),
-    PODDISRUPTIONBUDGETS: frozenset({"get", "create", "patch"}),
-    PODMONITORS: frozenset({"get", "create", "patch"}),
-    # Pods: found to scrape their /metrics; annotated with their deletion cost before a scale-down.
-    PODS: frozenset({"list", "patch"}),
-    # The DATABASE_URL of a pipeline, read only when no worker runs (scale-from-zero).
+    DEPLOYMENTS: frozenset({"create", "patch", "delete"}),
+    SERVICES: frozenset({"create", "patch"}),
+    PODDISRUPTIONBUDGETS: frozenset({"create", "patch"}),
+    PODMONITORS: frozenset({"create", "patch"}),
+    # Pods: annotated with their deletion cost before a scale-down.
+    PODS: frozenset({"patch"}),
+    # The DATABASE_URL of a pipeline, read only when no worker runs (scale-from-zero), cached.
     SECRETS: frozenset({"get"}),
     PIPELINE_STATUS: frozenset({"patch"}),
     # The manual rollback annotation (docpipe.io/rollback) is removed once acted on.
     PIPELINES: frozenset({"patch"}),
 }
 
-# What Kopf does by itself with the settings of `operator.py`: watch the resource and patch its
+# Kopf's watches of the children (`handlers`: an index per kind and a wake-up of the pipeline's
+# round), selected by the label every child and worker pod carries.
+CHILD_WATCHES: dict[Resource, frozenset[str]] = {
+    resource: frozenset({"list", "watch"})
+    for resource in (DEPLOYMENTS, SERVICES, PODDISRUPTIONBUDGETS, PODMONITORS, PODS)
+}
+
+# What Kopf does by itself with the settings of `runtime.py`: watch the resource and patch its
 # finalizer and progress annotations, post Events, keep the peering object, follow CRDs.
 FRAMEWORK_CALLS: dict[Resource, frozenset[str]] = {
     PIPELINES: frozenset({"list", "watch", "patch"}),
@@ -87,6 +95,7 @@ FRAMEWORK_CALLS: dict[Resource, frozenset[str]] = {
     EVENTS: frozenset({"create"}),
     PEERINGS: frozenset({"get", "list", "watch", "patch"}),
     CRDS: frozenset({"list", "watch"}),
+    **CHILD_WATCHES,
 }
 
 
@@ -98,6 +107,7 @@ NAMESPACED_FRAMEWORK_CALLS: dict[Resource, frozenset[str]] = {
     PIPELINE_STATUS: frozenset({"patch"}),
     EVENTS: frozenset({"create"}),
     NAMESPACED_PEERINGS: frozenset({"get", "list", "watch", "patch"}),
+    **CHILD_WATCHES,
 }
 
 
@@ -248,16 +258,6 @@ class KubeClient:
                     "propagationPolicy": "Background",
                 },
             )
-
-    async def list(
-        self, resource: Resource, namespace: str, label_selector: str
-    ) -> list[dict[str, Any]]:
-        """The objects of a namespace that match a label selector."""
-        answer = await self._call(
-            "list", resource, namespace=namespace, params={"labelSelector": label_selector}
-        )
-        items: list[dict[str, Any]] = answer.get("items", [])
-        return items
 
     async def has_api_group(self, group: str) -> bool:
         """Whether the cluster serves an API group (e.g. monitoring.coreos.com); via discovery."""

@@ -14,6 +14,8 @@ from typing import Any
 from docpipe_operator.model import Condition, DocumentPipelineStatus, Phase
 from docpipe_operator.scaling import Decision
 
+QUOTA_LIMITED = "QuotaLimited"
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -58,6 +60,60 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 def _significant(value: float | None, digits: int) -> float | None:
     return None if value is None else float(f"{value:.{digits}g}")
+
+
+def _quota_condition(
+    previous: DocumentPipelineStatus, decision: Decision | None
+) -> dict[str, Any] | None:
+    """QuotaLimited: True while the provider quota keeps the fleet below what the load asks for
+    (its ceiling binds, or a quota is held for lack of credit). A round without a decision keeps
+    the previous one."""
+    if decision is None:
+        kept = next((c for c in previous.conditions if c.type == QUOTA_LIMITED), None)
+        if kept is None:
+            return None
+        return _condition(QUOTA_LIMITED, kept.status == "True", kept.reason, kept.message)
+    ceiling = decision.quota_ceiling
+    if decision.quota_held:
+        quotas = ", ".join(decision.quota_held)
+        message = (
+            f"the provider refuses work for lack of credit (insufficient_quota: {quotas}); "
+            f"{decision.desired} worker(s) keep the work visible, jobs wait"
+        )
+        return _condition(QUOTA_LIMITED, True, "InsufficientQuota", message)
+    if decision.quota_limited and ceiling is not None:
+        message = f"{ceiling.describe()}; running {decision.desired}"
+        return _condition(QUOTA_LIMITED, True, "CeilingReached", message)
+    if ceiling is not None:
+        return _condition(QUOTA_LIMITED, False, "BelowCeiling", ceiling.describe())
+    return _condition(QUOTA_LIMITED, False, "NoQuotaMeasured", "no provider quota measured")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An Event to post because a condition started or stopped holding."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def quota_transition(
+    previous: DocumentPipelineStatus, status: DocumentPipelineStatus
+) -> Transition | None:
+    """The Event for QuotaLimited starting, changing its reason, or ending; None otherwise."""
+    before = next((c for c in previous.conditions if c.type == QUOTA_LIMITED), None)
+    after = next((c for c in status.conditions if c.type == QUOTA_LIMITED), None)
+    was = before is not None and before.status == "True"
+    now = after is not None and after.status == "True"
+    if after is None or (not was and not now):
+        return None
+    if now and (not was or (before is not None and before.reason != after.reason)):
+        kind = "Warning" if after.reason == "InsufficientQuota" else "Normal"
+        return Transition(kind, QUOTA_LIMITED, f"{after.reason}: {after.message}")
+    if was and not now:
+        return Transition("Normal", "QuotaLimitEnded", f"{after.reason}: {after.message}")
+    return None
 
 
 def build_status(
@@ -106,7 +162,11 @@ def build_status(
         message = decision.reason if decision is not None else "no decision yet"
         scaling = _condition("Scaling", False, "Steady", message)
 
-    conditions = next_conditions(previous.conditions, [ready_cond, scaling, degraded], now)
+    wanted = [ready_cond, scaling, degraded]
+    quota = _quota_condition(previous, decision)
+    if quota is not None:
+        wanted.append(quota)
+    conditions = next_conditions(previous.conditions, wanted, now)
     phase: Phase
     if problems and (seen.spec_error or seen.apply_error):
         phase = "Degraded"

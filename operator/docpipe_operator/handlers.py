@@ -1,20 +1,46 @@
-"""The Kopf handlers: each reads, calls the reconciler, and reports; no decision is made here."""
+"""The Kopf handlers: watches that keep indexes of the children and wake a pipeline's round, and
+the daemon that runs a pipeline's rounds. No decision is made here.
+
+Like controller-runtime's `Owns()`: a change to any child (Deployment, Service,
+PodDisruptionBudget, PodMonitor, Pod: everything labelled as managed by the operator) updates the
+index the rounds read and wakes the round of the pipeline it belongs to.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import aiohttp
 import kopf
 
-from docpipe_operator import cluster, reconciler
+from docpipe_operator import cluster, reconciler, rendering
 from docpipe_operator.model import GROUP, PLURAL, VERSION
+from docpipe_operator.observation import PODS, ChildIndexes, pod_essentials
+
+# The child kinds a round reads, each from its own index (named "children_<plural>").
+WATCHED_CHILDREN: dict[str, cluster.Resource] = {
+    "Deployment": cluster.DEPLOYMENTS,
+    "Service": cluster.SERVICES,
+    "PodDisruptionBudget": cluster.PODDISRUPTIONBUDGETS,
+    "PodMonitor": cluster.PODMONITORS,
+    PODS: cluster.PODS,
+}
+MANAGED = {rendering.LABEL_MANAGED_BY: rendering.MANAGED_BY}
+# The same selector, sent to the API server with each list and watch of the children.
+MANAGED_SELECTOR = f"{rendering.LABEL_MANAGED_BY}={rendering.MANAGED_BY}"
+
+
+def index_name(resource: cluster.Resource) -> str:
+    """The Kopf index (and the handler kwarg) of a child resource."""
+    return f"children_{resource.plural}"
 
 
 def _state(memo: Any) -> reconciler.OperatorState:
     state: reconciler.OperatorState = memo.state
     return state
+
+
+def _indexes(kwargs: dict[str, Any]) -> ChildIndexes:
+    return {kind: kwargs[index_name(r)] for kind, r in WATCHED_CHILDREN.items()}
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -26,37 +52,61 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        memo.state = reconciler.OperatorState(
-            client=cluster.KubeClient(cluster.login(settings)),
-            http=aiohttp.ClientSession(),
-        )
+        memo.state = reconciler.OperatorState.connect(cluster.login(settings))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
         if "state" in memo:
             await _state(memo).close()
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        error = await reconciler.reconcile(_state(memo), body)
-        if error is not None:
-            # Not raised: a retry cannot fix a spec; the user can, told by the condition and Event.
-            logger.warning("invalid spec: %s", error)
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=error)
+    for kind, resource in WATCHED_CHILDREN.items():
+        _watch_children(registry, kind, resource)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def pipeline_changed(
+        namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if "state" in memo:
+            _state(memo).wake(namespace, name)
 
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10.0)
-    async def autoscale(
-        stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any
+    async def rounds(
+        stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any
     ) -> None:
-        scaler = reconciler.Autoscaler()
-        while not stopped:
-            started = time.monotonic()
-            try:
-                await reconciler.tick(_state(memo), body, scaler, now=started)
-            except (cluster.ApiError, aiohttp.ClientError, TimeoutError) as exc:
-                # The next round retries; a failed round never changes the worker count.
-                logger.warning("autoscaling round failed: %s", exc)
-            elapsed = time.monotonic() - started
-            await stopped.wait(max(0.0, reconciler.interval_of(body) - elapsed))
+        await reconciler.run_pipeline(_state(memo), body, stopped, _indexes(kwargs), logger)
+
+
+def _watch_children(registry: kopf.OperatorRegistry, kind: str, resource: cluster.Resource) -> None:
+    """An index of a child kind by (namespace, pipeline), and a wake-up of that pipeline's round
+    on each change (the index is updated first)."""
+    group, version, plural = resource.group, resource.version, resource.plural
+
+    def index(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str | None, str], dict[str, Any]] | None:
+        pipeline = labels.get(rendering.LABEL_PIPELINE)
+        if pipeline is None:
+            return None
+        value = pod_essentials(body) if kind == PODS else dict(body)
+        return {(namespace, pipeline): value}
+
+    def changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+        if "state" in memo:
+            _state(memo).wake(namespace, labels.get(rendering.LABEL_PIPELINE))
+
+    kopf.index(
+        group=group,
+        version=version,
+        plural=plural,
+        id=index_name(resource),
+        labels=MANAGED,
+        registry=registry,
+    )(index)
+    kopf.on.event(
+        group=group,
+        version=version,
+        plural=plural,
+        id=f"wake_on_{resource.plural}",
+        labels=MANAGED,
+        registry=registry,
+    )(changed)

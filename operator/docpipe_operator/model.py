@@ -18,7 +18,6 @@ from pydantic.alias_generators import to_camel
 
 GROUP = "docpipe.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "DocumentPipeline"
 PLURAL = "documentpipelines"
 SINGULAR = "documentpipeline"
@@ -49,6 +48,9 @@ RESERVED_ENV_NAMES = (
     "DOCPIPE_SHUTDOWN_GRACE_SECONDS",
     "DOCPIPE_CANARY",
     "DOCPIPE_FAILURE_HOLD_SECONDS",
+    "DOCPIPE_OPENAI_REQUESTS_PER_MINUTE",
+    "DOCPIPE_OPENAI_TOKENS_PER_MINUTE",
+    "DOCPIPE_LLAMAPARSE_UPLOADS_PER_MINUTE",
 )
 
 
@@ -451,6 +453,42 @@ class RolloutSpec(_Model):
         return self
 
 
+class OpenAIQuotaSpec(_Model):
+    """The OpenAI quota of the embedder's key and model, shared by every worker that uses it."""
+
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Requests per minute (RPM). Unset: learned from the x-ratelimit headers.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Input tokens per minute (TPM). Unset: learned from the x-ratelimit headers.",
+    )
+
+
+class LlamaParseQuotaSpec(_Model):
+    """The LlamaParse quota of the parser's key, shared by every worker that uses it."""
+
+    uploads_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Document uploads per minute. Unset: no limit until LlamaParse answers 429.",
+    )
+
+
+class QuotasSpec(_Model):
+    """Provider quotas: the workers keep the fleet's aggregate under them, and the autoscaler
+    runs no more workers than they can feed. Never set a limit above what the provider grants."""
+
+    openai: OpenAIQuotaSpec = Field(default_factory=OpenAIQuotaSpec)
+    llamaparse: LlamaParseQuotaSpec = Field(default_factory=LlamaParseQuotaSpec)
+
+
 class DocumentPipelineSpec(_Model):
     """The desired state of a document pipeline's worker fleet."""
 
@@ -463,6 +501,7 @@ class DocumentPipelineSpec(_Model):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     disruption: DisruptionSpec = Field(default_factory=DisruptionSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    quotas: QuotasSpec = Field(default_factory=QuotasSpec)
     replicas: int | None = Field(
         default=None,
         ge=0,
@@ -471,7 +510,7 @@ class DocumentPipelineSpec(_Model):
     )
 
 
-ConditionType = Literal["Ready", "Scaling", "Degraded"]
+ConditionType = Literal["Ready", "Scaling", "Degraded", "QuotaLimited"]
 Phase = Literal["Pending", "Running", "ScaledToZero", "Degraded"]
 
 

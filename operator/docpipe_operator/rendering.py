@@ -24,6 +24,8 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Every child and every worker pod carries it: the operator's watches select on it.
+MANAGED_BY = "docpipe-operator"
 LABEL_PIPELINE = "docpipe.io/pipeline"
 LABEL_REVISION = "docpipe.io/revision"
 # Only canary pods carry it: their Deployment selects on it, so the two Deployments' pods differ.
@@ -67,7 +69,7 @@ def _labels(pipeline: str) -> dict[str, str]:
     return {
         LABEL_NAME: "docpipe",
         LABEL_INSTANCE: pipeline,
-        LABEL_MANAGED_BY: "docpipe-operator",
+        LABEL_MANAGED_BY: MANAGED_BY,
         **selector_labels(pipeline),
     }
 
@@ -112,9 +114,21 @@ def render_env(pipeline: str, spec: DocumentPipelineSpec) -> list[dict[str, Any]
         env.append(_secret_env("LLAMA_CLOUD_API_KEY", spec.parser.api_key_secret_ref))
     if spec.parser.base_url is not None:
         env.append({"name": "LLAMAPARSE_BASE_URL", "value": spec.parser.base_url})
+    env.extend(_quota_env(spec))
     for extra in worker.extra_env:
         env.append(extra.model_dump(by_alias=True, exclude_none=True, mode="json"))
     return env
+
+
+def _quota_env(spec: DocumentPipelineSpec) -> list[dict[str, Any]]:
+    """The provider quotas the spec sets (an unset one is learned from the provider's headers)."""
+    quotas = spec.quotas
+    limits = (
+        ("DOCPIPE_OPENAI_REQUESTS_PER_MINUTE", quotas.openai.requests_per_minute),
+        ("DOCPIPE_OPENAI_TOKENS_PER_MINUTE", quotas.openai.tokens_per_minute),
+        ("DOCPIPE_LLAMAPARSE_UPLOADS_PER_MINUTE", quotas.llamaparse.uploads_per_minute),
+    )
+    return [{"name": name, "value": str(value)} for name, value in limits if value is not None]
 
 
 def _probe(path: str, settings: LivenessProbeSpec | ReadinessProbeSpec) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class RevisionSample:
         return (self.retried + self.dead) / self.claimed if self.claimed > 0 else 0.0
 
 
-class Outcome(enum.StrEnum):
+class IntervalOutcome(enum.StrEnum):
     PASSED = "Passed"
     FAILED = "Failed"
     INCONCLUSIVE = "Inconclusive"
@@ -77,7 +77,7 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class IntervalResult:
-    outcome: Outcome
+    outcome: IntervalOutcome
     reason: str
 
 
@@ -99,23 +99,23 @@ def judge_interval(
     """Pass, fail or leave undecided one interval of the canary, against the stable revision."""
     if canary.restarts > 0:
         return IntervalResult(
-            Outcome.FAILED, f"canary containers restarted {canary.restarts} time(s)"
+            IntervalOutcome.FAILED, f"canary containers restarted {canary.restarts} time(s)"
         )
     if canary.pods_ready < canary.pods_desired:
         # Not ready is judged by the progress deadline (see `decide`), not per interval.
         return IntervalResult(
-            Outcome.INCONCLUSIVE,
+            IntervalOutcome.INCONCLUSIVE,
             f"{canary.pods_ready}/{canary.pods_desired} canary pods ready",
         )
     if canary.claimed < policy.min_jobs:
         return IntervalResult(
-            Outcome.INCONCLUSIVE,
+            IntervalOutcome.INCONCLUSIVE,
             f"canary claimed {canary.claimed:g} jobs,"
             f" fewer than the {policy.min_jobs} a verdict needs",
         )
     if canary.error_ratio > policy.max_error_ratio:
         return IntervalResult(
-            Outcome.FAILED,
+            IntervalOutcome.FAILED,
             f"canary error ratio {canary.error_ratio:.2f} above {policy.max_error_ratio:.2f}"
             f" ({canary.retried + canary.dead:g} of {canary.claimed:g} jobs failed)",
         )
@@ -126,12 +126,12 @@ def judge_interval(
         and canary.stage_p95_s > stable.stage_p95_s * policy.max_latency_ratio
     ):
         return IntervalResult(
-            Outcome.FAILED,
+            IntervalOutcome.FAILED,
             f"canary stage p95 {canary.stage_p95_s:.3f}s above {policy.max_latency_ratio:g}x"
             f" the stable's {stable.stage_p95_s:.3f}s",
         )
     return IntervalResult(
-        Outcome.PASSED,
+        IntervalOutcome.PASSED,
         f"canary error ratio {canary.error_ratio:.2f} over {canary.claimed:g} jobs",
     )
 
@@ -144,7 +144,7 @@ def decide(
     canary_ready: bool,
 ) -> Verdict:
     """What to do with the canary after `results` (oldest first) of its running analysis."""
-    failed = [r for r in results if r.outcome is Outcome.FAILED]
+    failed = [r for r in results if r.outcome is IntervalOutcome.FAILED]
     if len(failed) >= policy.failure_limit:
         return Verdict(
             Action.ROLL_BACK,
@@ -157,16 +157,18 @@ def decide(
             f"canary pods not ready within the progress deadline of"
             f" {policy.progress_deadline_s:g}s",
         )
-    conclusive = [r for r in results if r.outcome is not Outcome.INCONCLUSIVE]
+    conclusive = [r for r in results if r.outcome is not IntervalOutcome.INCONCLUSIVE]
     window = conclusive[-policy.success_intervals :]
-    if len(window) == policy.success_intervals and all(r.outcome is Outcome.PASSED for r in window):
+    if len(window) == policy.success_intervals and all(
+        r.outcome is IntervalOutcome.PASSED for r in window
+    ):
         return Verdict(
             Action.PROMOTE,
             f"{policy.success_intervals} consecutive passing analysis interval(s)",
         )
     passing = 0
     for r in reversed(conclusive):
-        if r.outcome is not Outcome.PASSED:
+        if r.outcome is not IntervalOutcome.PASSED:
             break
         passing += 1
     last = results[-1].reason if results else "analysis started"
@@ -317,7 +319,7 @@ KEPT_INTERVALS = 30
 
 @dataclass(frozen=True)
 class RecordedInterval:
-    outcome: Outcome
+    outcome: IntervalOutcome
     reason: str
     at: datetime
 
@@ -387,31 +389,13 @@ def failure_hold_seconds(stable_seconds_per_job: float | None) -> float:
     return round(max(stable_seconds_per_job, MIN_FAILURE_HOLD_S), 3)
 
 
-def policy_of(
-    *,
-    max_error_ratio: float,
-    max_latency_ratio: float,
-    min_jobs: int,
-    success_intervals: int,
-    failure_limit: int,
-    progress_deadline_s: float,
-) -> RolloutPolicy:
-    """A RolloutPolicy from the spec's fields (kept apart so the spec model stays the source)."""
-    return RolloutPolicy(
-        max_error_ratio=max_error_ratio,
-        max_latency_ratio=max_latency_ratio,
-        min_jobs=min_jobs,
-        success_intervals=success_intervals,
-        failure_limit=failure_limit,
-        progress_deadline_s=progress_deadline_s,
-    )
-
-
 def _keep(intervals: tuple[RecordedInterval, ...]) -> tuple[RecordedInterval, ...]:
     if len(intervals) <= KEPT_INTERVALS:
         return intervals
     recent = intervals[-KEPT_INTERVALS:]
-    older_failures = tuple(i for i in intervals[:-KEPT_INTERVALS] if i.outcome is Outcome.FAILED)
+    older_failures = tuple(
+        i for i in intervals[:-KEPT_INTERVALS] if i.outcome is IntervalOutcome.FAILED
+    )
     return older_failures + recent
 
 
@@ -503,7 +487,11 @@ def plan(state: RolloutState, seen: Observed, policy: RolloutPolicy) -> Plan:
         )
         return Plan(True, True, promoting, Event("Normal", "Promoting", promoting.message or ""))
     note = Event("Normal", "RolloutResumed", "analysis resumed") if resumed else None
-    if note is None and seen.interval is not None and seen.interval.outcome is Outcome.FAILED:
+    if (
+        note is None
+        and seen.interval is not None
+        and seen.interval.outcome is IntervalOutcome.FAILED
+    ):
         note = Event("Warning", "AnalysisFailed", seen.interval.reason)
     return Plan(False, True, analysed, note)
 

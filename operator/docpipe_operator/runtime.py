@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Sequence
 
@@ -12,6 +13,9 @@ import kopf
 from docpipe_operator import handlers
 
 PEERING_NAME = "docpipe"
+# The peering object's name, when not the default: the Helm chart names it after its release
+# (two releases must not meet in one peering) and tells the operator here.
+PEERING_NAME_ENV = "DOCPIPE_PEERING_NAME"
 PREFIX = "docpipe.io"
 FINALIZER = f"{PREFIX}/operator"
 LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
@@ -47,8 +51,17 @@ def configure(
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "docpipe-operator"
     settings.peering.clusterwide = not namespaces
+    # The children's watches ask the API server only for what the operator manages.
+    for resource in handlers.WATCHED_CHILDREN.values():
+        key = (resource.group, resource.version, resource.plural)
+        settings.watching.label_selectors[key] = handlers.MANAGED_SELECTOR
     settings.scanning.disabled = bool(namespaces)
     return settings
+
+
+def peering_name() -> str:
+    """The (Cluster)KopfPeering the replicas meet in: $DOCPIPE_PEERING_NAME, else `docpipe`."""
+    return os.environ.get(PEERING_NAME_ENV, "").strip() or PEERING_NAME
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -76,7 +89,7 @@ async def run_operator(
         standalone=standalone,
         # Peering: replicas of equal priority would all pause, so each picks its own at random;
         # the highest one acts, the others stand by until its heartbeat stops.
-        peering_name=None if standalone else PEERING_NAME,
+        peering_name=None if standalone else peering_name(),
         priority=priority if priority is not None else secrets.randbelow(1_000_000),
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,

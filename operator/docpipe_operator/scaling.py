@@ -22,6 +22,24 @@ Seconds per job is measured from the succeeded counters (busy slot-seconds / job
 last minute); until a job has been measured it is taken to be the target wait itself, which sizes
 the fleet to give every ready job a slot at once, and the measured arrival rate is not used (times
 an unmeasured job time it would say nothing).
+
+The provider quota's ceiling: replicas beyond what the quota can feed only wait for budget.
+
+    quota jobs/s    = min over quotas (limit per minute / 60 / budget used per job)
+    worker jobs/s   = concurrency / working slot-seconds per job
+    ceiling         = ceil(quota jobs/s / worker jobs/s - 0.5) + 1 (one of headroom)
+
+(the - 0.5 keeps measurement noise around a whole number of workers from moving the ceiling).
+
+Budget used per job is the increase of the workers' `docpipe_quota_used` counters over their
+succeeded jobs; working slot-seconds per job are the busy slot-seconds less the time spent waiting
+for quota budget (`docpipe_quota_wait_seconds`), per job: what a worker could do unhindered. The
+binding quota is the one that feeds the fewest jobs (requests or tokens per minute). Until a job
+and its budget have been measured there is no ceiling, so the reaction to a new backlog (and
+0 → 1) is never held back by it. The ceiling caps the recommendation (never below minReplicas) and
+scales away pods above it at once: waiting pods are not noise the stabilization should smooth.
+A quota held for lack of credit (`insufficient_quota`) keeps only the workers that keep its work
+visible: minReplicas, or 1.
 """
 
 from __future__ import annotations
@@ -29,7 +47,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from docpipe_operator.model import ScalingSpec
 
@@ -40,6 +58,27 @@ RATE_WINDOW_SECONDS = 60.0
 # The arrival rate is measured over this many seconds (or 2 intervals, if longer): short enough to
 # follow a rising load, long enough to span several completions.
 ARRIVAL_WINDOW_SECONDS = 30.0
+# Replicas above what the quota feeds: one, so a slowing worker does not starve the quota.
+QUOTA_HEADROOM = 1
+# The quota's need in workers is rounded up only past this fraction: a quota that feeds exactly 3
+# workers measures as 2.97 or 3.03, and the ceiling should not flap between 4 and 5 with it. The
+# ceiling still exceeds the need by at least half a worker.
+QUOTA_ROUNDING = 0.5
+# Working time per job is never taken as less than this share of the busy time: the wait counter
+# and the in-flight gauge are read at slightly different times.
+MIN_WORKING_SHARE = 0.05
+
+
+@dataclass(frozen=True, order=True)
+class QuotaKey:
+    """One provider budget in one unit: `docpipe_quota_*`'s provider, quota and unit labels."""
+
+    provider: str
+    quota: str
+    unit: str
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.unit} (quota {self.quota})"
 
 
 @dataclass(frozen=True)
@@ -50,6 +89,8 @@ class PodMetrics:
     ready: bool
     jobs_in_flight: float | None = None  # None: the scrape failed
     jobs_succeeded: float | None = None  # counter, summed over its label sets
+    quota_used: Mapping[QuotaKey, float] = field(default_factory=dict)  # counters
+    quota_wait_seconds: float = 0.0  # counter, summed over the pod's quotas
 
     @property
     def scraped(self) -> bool:
@@ -71,6 +112,10 @@ class MetricsSnapshot:
 
     pods: tuple[PodMetrics, ...] = ()
     queue: QueueMetrics | None = None
+    # Per quota and unit, the limit per minute in force (the highest any worker reports).
+    quota_limits: Mapping[QuotaKey, float] = field(default_factory=dict)
+    # Quotas ("provider/quota") a worker reports held for lack of credit (insufficient_quota).
+    quota_held: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +126,8 @@ class CounterSample:
     succeeded: Mapping[str, float]
     in_flight: Mapping[str, float]
     ready: float | None = None  # ready jobs in the queue; None when no queue metrics were read
+    quota_used: Mapping[str, Mapping[QuotaKey, float]] = field(default_factory=dict)  # per pod
+    quota_wait: Mapping[str, float] = field(default_factory=dict)  # per pod, wait-seconds counter
 
 
 @dataclass(frozen=True)
@@ -99,6 +146,31 @@ class ScalingHistory:
     recommendations: tuple[Recommendation, ...] = ()
     last_busy_at: float | None = None  # last time a job was ready or in flight (or unknown)
     seconds_per_job: float | None = None  # last measured busy slot-seconds per job
+    quota_per_job: Mapping[QuotaKey, float] = field(default_factory=dict)  # last measured
+    working_seconds_per_job: float | None = None  # last measured, quota waits left out
+
+
+@dataclass(frozen=True)
+class QuotaCeiling:
+    """The most workers the binding quota can feed, and the figures that say so."""
+
+    replicas: int
+    binding: QuotaKey
+    limit_per_minute: float
+    used_per_job: float
+    quota_jobs_per_second: float
+    worker_jobs_per_second: float
+
+    def describe(self) -> str:
+        """The figures, for reasons, conditions and Events."""
+        unit = self.binding.unit
+        return (
+            f"{self.binding.provider} quota {self.binding.quota}: {self.limit_per_minute:g} "
+            f"{unit}/min at {self.used_per_job:.3g} {unit}/job feeds "
+            f"{self.quota_jobs_per_second:.3g} jobs/s, one worker does "
+            f"{self.worker_jobs_per_second:.3g} jobs/s: at most {self.replicas} workers "
+            f"({self.replicas - QUOTA_HEADROOM} + {QUOTA_HEADROOM} of headroom)"
+        )
 
 
 @dataclass(frozen=True)
@@ -116,6 +188,9 @@ class Decision:
     seconds_per_job: float | None = None
     jobs_in_flight: float | None = None
     arrival_per_second: float | None = None
+    quota_ceiling: QuotaCeiling | None = None  # None: no quota measured (or pinned)
+    quota_limited: bool = False  # the ceiling (or a held quota) keeps the fleet below the load
+    quota_held: tuple[str, ...] = ()  # quotas held for lack of credit
 
     @property
     def changed(self) -> bool:
@@ -184,7 +259,23 @@ def decide_replicas(
         absorbing = max(absorbing, arrival * seconds_per_job)
     slots = absorbing + load.backlog * job_seconds / policy.target_queue_wait_seconds
     raw = slots / concurrency
-    recommendation = _recommend(raw, current, policy, load, zero_allowed)
+    wanted = _recommend(raw, current, policy, load, zero_allowed)
+    recommendation = wanted
+
+    measured_use, measured_working = _measure_quota_use(samples)
+    quota_per_job = {**history.quota_per_job, **measured_use}
+    working = measured_working if measured_working is not None else history.working_seconds_per_job
+    held = snapshot.quota_held if snapshot is not None and pinned is None else ()
+    ceiling = None
+    if snapshot is not None and pinned is None:
+        ceiling = quota_ceiling(snapshot.quota_limits, quota_per_job, working, concurrency)
+    cap = policy.max_replicas
+    if held:
+        # Waiting does not cure a lack of credit: keep only the workers that keep it visible.
+        cap = policy.min_replicas if policy.min_replicas > 0 else min(current, 1)
+    elif ceiling is not None:
+        cap = max(ceiling.replicas, policy.min_replicas)
+    recommendation = min(recommendation, cap)
     if pinned is not None:
         recommendation = pinned
 
@@ -194,11 +285,30 @@ def decide_replicas(
         Recommendation(now, recommendation),
     )
     desired, action = _apply_limits(recommendation, current, policy, recent, zero_allowed, pinned)
+    limited = pinned is None and (held or ceiling is not None) and max(wanted, desired) > cap
+    if limited and desired > cap:
+        # The stabilization keeps pods for a load that may come back; pods above what the quota
+        # feeds would only wait for it, so they go now.
+        desired = cap
+    if held and pinned is None and desired != current and action != "zero":
+        action = "held"
+    elif (
+        limited and desired == cap and action in ("up", "up-limited", "steady", "down", "down-held")
+    ):
+        action = "quota-up" if desired > current else "quota-down" if desired < current else "quota"
 
     figures = _describe_load(load, raw, job_seconds, seconds_per_job is not None, arrival)
+    reason = _reason(action, current, desired, figures, policy, idle_for, load.complete)
+    if held and action != "zero":
+        reason = _held_reason(action, current, desired, held, figures)
+    elif limited and ceiling is not None and action.startswith("quota"):
+        reason = _quota_reason(action, current, desired, ceiling, figures)
+    elif limited and ceiling is not None:
+        # On the way to the ceiling (maxScaleUpStep, the stabilization window): say where it is.
+        reason = f"{reason}; provider quota: {ceiling.describe()}"
     decision = Decision(
         desired=desired,
-        reason=_reason(action, current, desired, figures, policy, idle_for, load.complete),
+        reason=reason,
         current=current,
         recommendation=recommendation,
         metrics_complete=load.complete,
@@ -208,6 +318,9 @@ def decide_replicas(
         seconds_per_job=seconds_per_job,
         jobs_in_flight=load.in_flight if snapshot is not None else None,
         arrival_per_second=arrival,
+        quota_ceiling=ceiling,
+        quota_limited=limited,
+        quota_held=held,
     )
     new_history = replace(
         history,
@@ -215,6 +328,8 @@ def decide_replicas(
         recommendations=recent,
         last_busy_at=last_busy_at,
         seconds_per_job=seconds_per_job,
+        quota_per_job=quota_per_job,
+        working_seconds_per_job=working,
     )
     return decision, new_history
 
@@ -260,8 +375,73 @@ def _keep_samples(
         succeeded={p.name: p.jobs_succeeded or 0.0 for p in scraped},
         in_flight={p.name: p.jobs_in_flight or 0.0 for p in scraped},
         ready=snapshot.queue.ready_jobs if snapshot.queue is not None else None,
+        quota_used={p.name: dict(p.quota_used) for p in scraped if p.quota_used},
+        quota_wait={p.name: p.quota_wait_seconds for p in scraped},
     )
     return (*kept, sample)
+
+
+def _increase(before: float, after: float) -> float:
+    """A counter's increase; one that went down was reset (the container restarted)."""
+    return after - before if after >= before else after
+
+
+def _measure_quota_use(
+    samples: tuple[CounterSample, ...],
+) -> tuple[dict[QuotaKey, float], float | None]:
+    """Per quota, budget used per succeeded job; and working slot-seconds per job (busy
+    slot-seconds less the time spent waiting for quota budget). Empty/None until a job is done."""
+    done = busy = waited = 0.0
+    used: dict[QuotaKey, float] = {}
+    for before, after in itertools.pairwise(samples):
+        dt = after.at - before.at
+        for pod, value in after.succeeded.items():
+            if pod not in before.succeeded:
+                continue
+            done += _increase(before.succeeded[pod], value)
+            busy += (before.in_flight.get(pod, 0.0) + after.in_flight.get(pod, 0.0)) / 2 * dt
+            if pod in before.quota_wait and pod in after.quota_wait:
+                waited += _increase(before.quota_wait[pod], after.quota_wait[pod])
+            previous = before.quota_used.get(pod, {})
+            for key, counter in after.quota_used.get(pod, {}).items():
+                if key in previous:
+                    used[key] = used.get(key, 0.0) + _increase(previous[key], counter)
+    if done < 1:
+        return {}, None
+    per_job = {key: amount / done for key, amount in used.items() if amount > 0}
+    working = max(busy - waited, MIN_WORKING_SHARE * busy) / done if busy > 0 else None
+    return per_job, working
+
+
+def quota_ceiling(
+    limits: Mapping[QuotaKey, float],
+    used_per_job: Mapping[QuotaKey, float],
+    working_seconds_per_job: float | None,
+    concurrency: int,
+) -> QuotaCeiling | None:
+    """The most workers the binding quota can feed; None until a quota's use has been measured."""
+    if working_seconds_per_job is None or working_seconds_per_job <= 0:
+        return None
+    worker_rate = concurrency / working_seconds_per_job
+    binding: tuple[float, QuotaKey] | None = None
+    for key, limit in sorted(limits.items()):
+        per_job = used_per_job.get(key)
+        if per_job is None or per_job <= 0 or limit <= 0:
+            continue  # a quota this pipeline's jobs do not draw on binds nothing
+        jobs_per_second = limit / 60.0 / per_job
+        if binding is None or jobs_per_second < binding[0]:
+            binding = (jobs_per_second, key)
+    if binding is None:
+        return None
+    jobs_per_second, key = binding
+    return QuotaCeiling(
+        replicas=max(1, math.ceil(jobs_per_second / worker_rate - QUOTA_ROUNDING)) + QUOTA_HEADROOM,
+        binding=key,
+        limit_per_minute=limits[key],
+        used_per_job=used_per_job[key],
+        quota_jobs_per_second=jobs_per_second,
+        worker_jobs_per_second=worker_rate,
+    )
 
 
 def _measure_arrival(samples: tuple[CounterSample, ...], policy: ScalingSpec) -> float | None:
@@ -422,6 +602,37 @@ def _reason(
     if not complete:
         return f"holding {current} workers until metrics are complete ({figures})"
     return f"steady at {current} workers ({figures})"
+
+
+def _quota_reason(
+    action: str, current: int, desired: int, ceiling: QuotaCeiling, figures: str
+) -> str:
+    quota = ceiling.describe()
+    if action == "quota-up":
+        return (
+            f"scaling up {current} → {desired}, capped by the provider quota: {quota} ({figures})"
+        )
+    if action == "quota-down":
+        return (
+            f"scaling down {current} → {desired}: more workers would only wait for the provider "
+            f"quota: {quota} ({figures})"
+        )
+    return f"holding {current} workers at the provider quota's ceiling: {quota} ({figures})"
+
+
+def _held_reason(
+    action: str, current: int, desired: int, held: tuple[str, ...], figures: str
+) -> str:
+    quotas = ", ".join(held)
+    why = (
+        f"the provider refuses work for lack of credit (insufficient_quota: {quotas}); jobs wait "
+        "until billing restores it"
+    )
+    if action == "held" and desired < current:
+        return f"scaling down {current} → {desired}: {why} ({figures})"
+    if action == "held":
+        return f"scaling {current} → {desired} (minReplicas): {why} ({figures})"
+    return f"holding {current} workers: {why} ({figures})"
 
 
 def pod_deletion_costs(pods: Iterable[PodMetrics]) -> dict[str, int]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from docpipe_contracts import metrics
 from docpipe_operator.rendering import LABEL_REVISION, LABEL_TRACK, TRACK_CANARY
 from docpipe_operator.rollout import RevisionCounters
-from docpipe_operator.scaling import MetricsSnapshot, PodMetrics, QueueMetrics
+from docpipe_operator.scaling import MetricsSnapshot, PodMetrics, QueueMetrics, QuotaKey
 from docpipe_queue import statistics
 
 IN_FLIGHT = metrics.JOBS_IN_FLIGHT.name
@@ -31,6 +31,10 @@ CLAIMED = metrics.JOBS_CLAIMED.name
 RETRIED = metrics.JOBS_RETRIED.name
 DEAD = metrics.JOBS_DEAD.name
 STAGE_SECONDS = metrics.STAGE_SECONDS.name
+QUOTA_LIMIT = metrics.QUOTA_LIMIT_PER_MINUTE.name
+QUOTA_USED = metrics.QUOTA_USED.name
+QUOTA_WAIT = metrics.QUOTA_WAIT_SECONDS.name
+QUOTA_HELD = metrics.QUOTA_HELD.name
 PIPELINE_LABEL = metrics.PIPELINE_LABEL
 REVISION_LABEL = metrics.REVISION_LABEL
 
@@ -47,7 +51,7 @@ class PodTarget:
     canary: bool = False  # a pod of the canary Deployment
 
 
-def pod_targets(pods: Sequence[dict[str, Any]]) -> list[PodTarget]:
+def pod_targets(pods: Iterable[Mapping[str, Any]]) -> list[PodTarget]:
     """The worker pods that count: not being deleted, not finished."""
     targets = []
     for pod in pods:
@@ -83,6 +87,18 @@ class WorkerReading:
     queue: QueueMetrics | None
     # Revision → the canary analysis' counters of that revision in this worker.
     revisions: dict[str, RevisionCounters] = field(default_factory=dict)
+    quota_limits: dict[QuotaKey, float] = field(default_factory=dict)  # per minute
+    quota_used: dict[QuotaKey, float] = field(default_factory=dict)  # counters
+    quota_wait_seconds: float = 0.0  # counter, summed over quotas
+    quota_held: tuple[str, ...] = ()  # "provider/quota" held for lack of credit
+
+
+def _quota_key(labels: dict[str, str]) -> QuotaKey:
+    return QuotaKey(labels.get("provider", ""), labels.get("quota", ""), labels.get("unit", ""))
+
+
+def _held_name(labels: dict[str, str]) -> str:
+    return f"{labels.get('provider', '')}/{labels.get('quota', '')}"
 
 
 def _revision_counters(
@@ -109,8 +125,11 @@ def _revision_counters(
 
 def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
     """Jobs in flight, jobs succeeded (summed over revisions), the queue gauges of a pipeline,
-    and per revision the counters the canary analysis compares."""
-    in_flight = succeeded = 0.0
+    per revision the counters the canary analysis compares, and the provider quotas' figures."""
+    in_flight = succeeded = quota_wait = 0.0
+    limits: dict[QuotaKey, float] = {}
+    used: dict[QuotaKey, float] = {}
+    held: set[str] = set()
     ready: float | None = None
     oldest = 0.0
     counters: dict[str, dict[str, float]] = {CLAIMED: {}, RETRIED: {}, DEAD: {}}
@@ -142,6 +161,16 @@ def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
                 ready = sample.value
             elif family.name == QUEUE_OLDEST:
                 oldest = sample.value
+            elif family.name == QUOTA_LIMIT:
+                key = _quota_key(sample.labels)
+                limits[key] = max(limits.get(key, 0.0), sample.value)
+            elif family.name == QUOTA_USED and sample.name.endswith("_total"):
+                key = _quota_key(sample.labels)
+                used[key] = used.get(key, 0.0) + sample.value
+            elif family.name == QUOTA_WAIT and sample.name.endswith("_total"):
+                quota_wait += sample.value
+            elif family.name == QUOTA_HELD and sample.value > 0:
+                held.add(_held_name(sample.labels))
     q = (
         QueueMetrics(ready_jobs=ready, oldest_ready_age_seconds=oldest)
         if ready is not None
@@ -150,7 +179,16 @@ def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
     revisions = _revision_counters(
         counters[CLAIMED], counters[RETRIED], counters[DEAD], buckets, sums
     )
-    return WorkerReading(in_flight, succeeded, q, revisions)
+    return WorkerReading(
+        in_flight,
+        succeeded,
+        q,
+        revisions,
+        quota_limits=limits,
+        quota_used=used,
+        quota_wait_seconds=quota_wait,
+        quota_held=tuple(sorted(held)),
+    )
 
 
 async def _scrape_one(
@@ -174,13 +212,29 @@ def _combine(
 ) -> MetricsSnapshot:
     pods = []
     queues = []
+    limits: dict[QuotaKey, float] = {}
+    held: set[str] = set()
     for target, reading in zip(targets, readings, strict=True):
         if reading is None:
             pods.append(PodMetrics(target.name, target.ready))
             continue
-        pods.append(PodMetrics(target.name, target.ready, reading.in_flight, reading.succeeded))
+        pods.append(
+            PodMetrics(
+                target.name,
+                target.ready,
+                reading.in_flight,
+                reading.succeeded,
+                quota_used=reading.quota_used,
+                quota_wait_seconds=reading.quota_wait_seconds,
+            )
+        )
         if reading.queue is not None:
             queues.append(reading.queue)
+        # Every worker of a quota reports the same limit (one learned from headers may lag in
+        # some): the highest seen is the one in force.
+        for key, limit in reading.quota_limits.items():
+            limits[key] = max(limits.get(key, 0.0), limit)
+        held.update(reading.quota_held)
     # Every worker exports the same queue gauges, read at slightly different times: the highest
     # figures are the safe ones for sizing.
     merged = (
@@ -191,7 +245,9 @@ def _combine(
         if queues
         else None
     )
-    return MetricsSnapshot(pods=tuple(pods), queue=merged)
+    return MetricsSnapshot(
+        pods=tuple(pods), queue=merged, quota_limits=limits, quota_held=tuple(sorted(held))
+    )
 
 
 async def scrape_readings(
@@ -276,6 +332,26 @@ def _value(row: dict[str, Any]) -> float:
     return float(row["value"][1])
 
 
+def _load_queries(selector: str, by: str = "") -> dict[str, str]:
+    """The load's instant queries; `by` adds a grouping label (the namespace's batch adds the
+    pipeline's)."""
+    extra = f"{by}, " if by else ""
+    return {
+        "in_flight": f"sum by ({extra}pod) ({IN_FLIGHT}{selector})",
+        "succeeded": f"sum by ({extra}pod) ({SUCCEEDED}_total{selector})",
+        "ready": f"max{f' by ({by})' if by else ''}({QUEUE_READY}{selector})",
+        "oldest": f"max{f' by ({by})' if by else ''}({QUEUE_OLDEST}{selector})",
+        "quota_limit": f"max by ({extra}provider, quota, unit) ({QUOTA_LIMIT}{selector})",
+        "quota_used": f"sum by ({extra}pod, provider, quota, unit) ({QUOTA_USED}_total{selector})",
+        "quota_wait": f"sum by ({extra}pod) ({QUOTA_WAIT}_total{selector})",
+        "quota_held": f"max by ({extra}provider, quota) ({QUOTA_HELD}{selector}) > 0",
+    }
+
+
+# One pipeline's rows of each load query (see `_load_queries`).
+LoadRows = dict[str, list[dict[str, Any]]]
+
+
 async def query_prometheus(
     session: aiohttp.ClientSession,
     base_url: str,
@@ -287,35 +363,68 @@ async def query_prometheus(
 ) -> MetricsSnapshot | None:
     """The same snapshot from PromQL instant queries (pods matched by the `pod` label, the
     pipeline's namespace by `namespace`); None when Prometheus does not answer."""
-    selector = _selector(namespace, pipeline)
     results = await _instants(
-        session,
-        base_url,
-        {
-            "in_flight": f"sum by (pod) ({IN_FLIGHT}{selector})",
-            "succeeded": f"sum by (pod) ({SUCCEEDED}_total{selector})",
-            "ready": f"max({QUEUE_READY}{selector})",
-            "oldest": f"max({QUEUE_OLDEST}{selector})",
-        },
-        timeout_s,
+        session, base_url, _load_queries(_selector(namespace, pipeline)), timeout_s
+    )
+    return None if results is None else snapshot_from_rows(results, targets)
+
+
+async def query_namespace_load(
+    session: aiohttp.ClientSession, base_url: str, *, timeout_s: float, namespace: str
+) -> dict[str, LoadRows] | None:
+    """The load queries of every pipeline of a namespace at once (eight queries, whatever the
+    number of pipelines), split by pipeline; None when Prometheus does not answer."""
+    selector = f'{{namespace="{_promql_label(namespace)}"}}'
+    results = await _instants(
+        session, base_url, _load_queries(selector, by=PIPELINE_LABEL), timeout_s
     )
     if results is None:
         return None
+    split: dict[str, LoadRows] = {}
+    for key, rows in results.items():
+        for row in rows:
+            pipeline = row["metric"].get(PIPELINE_LABEL, "")
+            split.setdefault(pipeline, {k: [] for k in results})[key].append(row)
+    return split
 
-    def by_pod(rows: list[dict[str, Any]]) -> dict[str, float]:
-        return {r["metric"].get("pod", ""): _value(r) for r in rows}
 
-    in_flight, succeeded = by_pod(results["in_flight"]), by_pod(results["succeeded"])
+def snapshot_from_rows(results: LoadRows, targets: Sequence[PodTarget]) -> MetricsSnapshot:
+    """The snapshot of one pipeline's rows of the load queries."""
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        return results.get(key) or []
+
+    def by_pod(found: list[dict[str, Any]]) -> dict[str, float]:
+        return {r["metric"].get("pod", ""): _value(r) for r in found}
+
+    in_flight, succeeded = by_pod(rows("in_flight")), by_pod(rows("succeeded"))
+    wait = by_pod(rows("quota_wait"))
+    used: dict[str, dict[QuotaKey, float]] = {}
+    for row in rows("quota_used"):
+        labels = row["metric"]
+        used.setdefault(labels.get("pod", ""), {})[_quota_key(labels)] = _value(row)
+    limits = {_quota_key(r["metric"]): _value(r) for r in rows("quota_limit")}
+    held = tuple(sorted({_held_name(r["metric"]) for r in rows("quota_held")}))
     readings: list[WorkerReading | None] = []
     for target in targets:
         if target.name in in_flight and target.name in succeeded:
-            readings.append(WorkerReading(in_flight[target.name], succeeded[target.name], None))
+            readings.append(
+                WorkerReading(
+                    in_flight[target.name],
+                    succeeded[target.name],
+                    None,
+                    quota_limits=limits,
+                    quota_used=used.get(target.name, {}),
+                    quota_wait_seconds=wait.get(target.name, 0.0),
+                    quota_held=held,
+                )
+            )
         else:
             readings.append(None)
     snapshot = _combine(targets, readings)
-    if results["ready"]:
-        oldest = _value(results["oldest"][0]) if results["oldest"] else 0.0
-        snapshot = MetricsSnapshot(snapshot.pods, QueueMetrics(_value(results["ready"][0]), oldest))
+    if rows("ready"):
+        oldest = _value(rows("oldest")[0]) if rows("oldest") else 0.0
+        snapshot = replace(snapshot, queue=QueueMetrics(_value(rows("ready")[0]), oldest))
     return snapshot
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.operator.conftest import DEPLOYMENTS, NAMESPACE, OperatorProcess, eventually
-from tests.operator.emulator import KubernetesApi
+from tests.support.cluster import NAMESPACE, OperatorProcess
+from tests.support.emulator import DEPLOYMENTS, KubernetesApi
+from tests.support.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests" / "examples" / "documentpipeline.yaml"
@@ -44,7 +45,8 @@ async def _run(*args: str, kubeconfig: Path) -> tuple[int, str]:
 async def test_kubectl_apply_of_the_example_pipeline_gets_a_worker_deployment(
     api: KubernetesApi, operator: OperatorProcess
 ) -> None:
-    kubeconfig: Path = api.kubeconfig  # type: ignore[attr-defined]
+    kubeconfig = api.kubeconfig
+    assert kubeconfig is not None
     code, out = await _run(
         "apply", "--validate=false", "-n", NAMESPACE, "-f", str(EXAMPLE), kubeconfig=kubeconfig
     )

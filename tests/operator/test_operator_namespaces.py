@@ -8,15 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from docpipe_operator import cluster
-from tests.operator.conftest import (
-    DEPLOYMENTS,
-    NAMESPACE,
-    OperatorProcess,
-    eventually,
-    free_port,
-    pipeline_body,
-)
-from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.cluster import NAMESPACE, OperatorProcess, pipeline_body
+from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.polling import eventually
+from tests.support.ports import free_port
 
 OTHER = "elsewhere"
 

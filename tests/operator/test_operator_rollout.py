@@ -13,16 +13,10 @@ import time
 from typing import Any
 
 from docpipe_operator.rendering import LABEL_REVISION
-from tests.operator.conftest import (
-    DEPLOYMENTS,
-    NAMESPACE,
-    Fleet,
-    OperatorProcess,
-    eventually,
-    pipeline,
-    pipeline_body,
-)
-from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.cluster import NAMESPACE, OperatorProcess, pipeline, pipeline_body
+from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.fleet import Fleet
+from tests.support.polling import eventually
 
 INTERVAL = 1  # seconds, both the scaling and the analysis interval
 FAST_POLICY = {

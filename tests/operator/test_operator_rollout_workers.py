@@ -22,18 +22,12 @@ import pytest
 from docpipe_mocks.server import MockConfig
 from docpipe_operator import telemetry
 from docpipe_queue.database import create_pool
-from tests.operator.conftest import (
-    NAMESPACE,
-    SECRETS,
-    Fleet,
-    OperatorProcess,
-    eventually,
-    feed_documents,
-    pipeline,
-    pipeline_body,
-)
-from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.cluster import NAMESPACE, OperatorProcess, pipeline, pipeline_body
+from tests.support.documents import feed_documents
+from tests.support.emulator import DOCPIPE_RESOURCE, SECRETS, KubernetesApi
+from tests.support.fleet import Fleet
 from tests.support.mocks import serve
+from tests.support.polling import eventually
 
 INTERVAL = 2
 FAILURE_LIMIT = 2

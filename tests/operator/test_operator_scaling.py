@@ -10,16 +10,10 @@ import asyncpg
 
 from docpipe_operator import cluster
 from docpipe_queue import jobs as queue
-from tests.operator.conftest import (
-    DEPLOYMENTS,
-    NAMESPACE,
-    Fleet,
-    OperatorProcess,
-    eventually,
-    pipeline,
-    pipeline_body,
-)
-from tests.operator.emulator import DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.cluster import NAMESPACE, OperatorProcess, pipeline, pipeline_body
+from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.fleet import Fleet
+from tests.support.polling import eventually
 
 
 def _replicas(api: KubernetesApi) -> int | None:
@@ -65,7 +59,14 @@ async def test_backlog_scales_up_within_two_intervals_then_down_after_stabilizat
     assert reaction <= 2 * 1.0 + 0.5, reaction
     await eventually(lambda: _replicas(api) == 6, within=4, what="the maximum")
     await eventually(lambda: _events(api, "ScaledUp"), what="a ScaledUp Event")
-    status = pipeline(api)["status"]  # type: ignore[index]
+    # The round patches the Deployment, then its status: the status follows within the round.
+    status = await eventually(
+        lambda: (
+            (st := (pipeline(api) or {}).get("status") or {}).get("desiredReplicas") == 6 and st
+        ),
+        within=2,
+        what="the status of the maximum",
+    )
     assert status["desiredReplicas"] == 6
     assert status["queueDepth"] == 40
     assert "scaling up" in status["lastScaleReason"]

@@ -38,6 +38,7 @@ EXAMPLE_SPEC: dict[str, Any] = {
     "parser": {"kind": "llamaparse", "apiKeySecretRef": {"name": "llama", "key": "api-key"}},
     "embedder": {"apiKeySecretRef": {"name": "openai", "key": "api-key"}},
     "scaling": {"minReplicas": 0, "maxReplicas": 20, "scaleToZero": {"enabled": True}},
+    "quotas": {"openai": {"requestsPerMinute": 3000, "tokensPerMinute": 1_000_000}},
 }
 
 
@@ -172,6 +173,16 @@ def test_bounds_reach_the_schema() -> None:
     assert scaling["minReplicas"]["minimum"] == 0
     assert scaling["maxReplicas"]["maximum"] == 1000
     assert scaling["intervalSeconds"]["default"] == 5
+    quotas = spec_schema()["properties"]["quotas"]["properties"]
+    assert quotas["openai"]["properties"]["requestsPerMinute"]["minimum"] == 1
+    assert quotas["openai"]["properties"]["tokensPerMinute"]["type"] == "integer"
+    assert quotas["llamaparse"]["properties"]["uploadsPerMinute"]["minimum"] == 1
+
+
+def test_quota_limited_is_a_condition_type_the_schema_admits() -> None:
+    condition = root_schema()["properties"]["status"]["properties"]["conditions"]["items"]
+
+    assert "QuotaLimited" in condition["properties"]["type"]["enum"]
 
 
 def test_example_spec_is_admitted_and_defaulted_as_the_model_defaults_it() -> None:
@@ -180,6 +191,8 @@ def test_example_spec_is_admitted_and_defaulted_as_the_model_defaults_it() -> No
     assert admitted == dump(parse_spec(EXAMPLE_SPEC))
     assert admitted["scaling"]["intervalSeconds"] == 5
     assert admitted["worker"]["probes"]["liveness"]["periodSeconds"] == 10
+    assert admitted["quotas"]["openai"] == {"requestsPerMinute": 3000, "tokensPerMinute": 1_000_000}
+    assert admitted["quotas"]["llamaparse"] == {}
 
 
 def test_cross_field_rules_are_cel_validations_on_the_schema() -> None:
@@ -212,6 +225,15 @@ def test_cross_field_rules_are_cel_validations_on_the_schema() -> None:
         (
             {"worker": {"image": "x", "extraEnv": [{"name": "A", "value": "1", "valueFrom": {}}]}},
             "value or valueFrom, not both",
+        ),
+        (
+            {
+                "worker": {
+                    "image": "x",
+                    "extraEnv": [{"name": "DOCPIPE_OPENAI_TOKENS_PER_MINUTE", "value": "9"}],
+                }
+            },
+            "may not set a variable the operator sets",
         ),
     ],
 )

@@ -183,6 +183,42 @@ def test_optional_service_settings_are_set_only_when_given() -> None:
     assert "OPENAI_API_KEY" not in with_mocks
 
 
+def test_provider_quotas_reach_the_worker_only_where_the_spec_sets_them() -> None:
+    plain = env_of(deployment())
+    limited = env_of(
+        deployment(make_spec(quotas={"openai": {"tokensPerMinute": 90_000}, "llamaparse": {}}))
+    )
+    every = env_of(
+        deployment(
+            make_spec(
+                quotas={
+                    "openai": {"requestsPerMinute": 3000, "tokensPerMinute": 1_000_000},
+                    "llamaparse": {"uploadsPerMinute": 300},
+                }
+            )
+        )
+    )
+
+    names = {
+        "DOCPIPE_OPENAI_REQUESTS_PER_MINUTE",
+        "DOCPIPE_OPENAI_TOKENS_PER_MINUTE",
+        "DOCPIPE_LLAMAPARSE_UPLOADS_PER_MINUTE",
+    }
+    assert not names & set(plain)
+    assert names & set(limited) == {"DOCPIPE_OPENAI_TOKENS_PER_MINUTE"}
+    assert limited["DOCPIPE_OPENAI_TOKENS_PER_MINUTE"] == "90000"
+    assert every["DOCPIPE_OPENAI_REQUESTS_PER_MINUTE"] == "3000"
+    assert every["DOCPIPE_OPENAI_TOKENS_PER_MINUTE"] == "1000000"
+    assert every["DOCPIPE_LLAMAPARSE_UPLOADS_PER_MINUTE"] == "300"
+
+
+def test_a_changed_quota_is_a_new_revision() -> None:
+    before = deployment(make_spec(quotas={"openai": {"tokensPerMinute": 90_000}}))
+    after = deployment(make_spec(quotas={"openai": {"tokensPerMinute": 120_000}}))
+
+    assert revision_of(before) != revision_of(after)
+
+
 def test_extra_env_follows_the_operator_set_variables() -> None:
     spec = make_spec(
         worker={
@@ -211,6 +247,10 @@ def test_every_variable_the_operator_sets_is_reserved_from_extra_env() -> None:
             "apiKeySecretRef": {"name": "o", "key": "k"},
             "baseUrl": "http://o",
             "dimensions": 256,
+        },
+        quotas={
+            "openai": {"requestsPerMinute": 3000, "tokensPerMinute": 1_000_000},
+            "llamaparse": {"uploadsPerMinute": 300},
         },
     )
 

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from docpipe_operator.rollout import (
     Action,
+    IntervalOutcome,
     IntervalResult,
-    Outcome,
     RevisionSample,
     RolloutPolicy,
     decide,
@@ -43,29 +43,35 @@ def sample(**overrides: float | None) -> RevisionSample:
     return RevisionSample(**base)  # type: ignore[arg-type]
 
 
-PASS = IntervalResult(Outcome.PASSED, "ok")
-FAIL = IntervalResult(Outcome.FAILED, "bad")
-NONE = IntervalResult(Outcome.INCONCLUSIVE, "few jobs")
+PASS = IntervalResult(IntervalOutcome.PASSED, "ok")
+FAIL = IntervalResult(IntervalOutcome.FAILED, "bad")
+NONE = IntervalResult(IntervalOutcome.INCONCLUSIVE, "few jobs")
 
 
 @pytest.mark.parametrize(
     ("canary", "outcome", "reason_part"),
     [
-        (sample(), Outcome.PASSED, "error ratio 0.00"),
-        (sample(claimed=9), Outcome.INCONCLUSIVE, "fewer than the 10"),
-        (sample(claimed=0), Outcome.INCONCLUSIVE, "fewer than the 10"),
-        (sample(retried=5, dead=1), Outcome.FAILED, "error ratio 0.12"),
-        (sample(retried=5), Outcome.PASSED, "error ratio 0.10"),  # at the limit: not above it
-        (sample(stage_p95_s=1.6), Outcome.FAILED, "stage p95 1.600s above 1.5x"),
-        (sample(stage_p95_s=1.5), Outcome.PASSED, ""),
-        (sample(stage_p95_s=None), Outcome.PASSED, ""),
-        (sample(restarts=1), Outcome.FAILED, "restarted 1 time"),
-        (sample(pods_ready=0), Outcome.INCONCLUSIVE, "0/1 canary pods ready"),
+        (sample(), IntervalOutcome.PASSED, "error ratio 0.00"),
+        (sample(claimed=9), IntervalOutcome.INCONCLUSIVE, "fewer than the 10"),
+        (sample(claimed=0), IntervalOutcome.INCONCLUSIVE, "fewer than the 10"),
+        (sample(retried=5, dead=1), IntervalOutcome.FAILED, "error ratio 0.12"),
+        (
+            sample(retried=5),
+            IntervalOutcome.PASSED,
+            "error ratio 0.10",
+        ),  # at the limit: not above it
+        (sample(stage_p95_s=1.6), IntervalOutcome.FAILED, "stage p95 1.600s above 1.5x"),
+        (sample(stage_p95_s=1.5), IntervalOutcome.PASSED, ""),
+        (sample(stage_p95_s=None), IntervalOutcome.PASSED, ""),
+        (sample(restarts=1), IntervalOutcome.FAILED, "restarted 1 time"),
+        (sample(pods_ready=0), IntervalOutcome.INCONCLUSIVE, "0/1 canary pods ready"),
         # A canary that fails every job with too few jobs is still only inconclusive.
-        (sample(claimed=3, dead=3), Outcome.INCONCLUSIVE, "fewer than"),
+        (sample(claimed=3, dead=3), IntervalOutcome.INCONCLUSIVE, "fewer than"),
     ],
 )
-def test_interval_judgement(canary: RevisionSample, outcome: Outcome, reason_part: str) -> None:
+def test_interval_judgement(
+    canary: RevisionSample, outcome: IntervalOutcome, reason_part: str
+) -> None:
     result = judge_interval(canary, STABLE, POLICY)
     assert result.outcome is outcome
     assert reason_part in result.reason
@@ -73,9 +79,9 @@ def test_interval_judgement(canary: RevisionSample, outcome: Outcome, reason_par
 
 def test_latency_is_not_judged_without_a_stable_baseline() -> None:
     slow = sample(stage_p95_s=100.0)
-    assert judge_interval(slow, None, POLICY).outcome is Outcome.PASSED
+    assert judge_interval(slow, None, POLICY).outcome is IntervalOutcome.PASSED
     no_stage = RevisionSample(0, 0, 0, None, 2, 2)
-    assert judge_interval(slow, no_stage, POLICY).outcome is Outcome.PASSED
+    assert judge_interval(slow, no_stage, POLICY).outcome is IntervalOutcome.PASSED
 
 
 @pytest.mark.parametrize(
@@ -132,7 +138,7 @@ def test_never_promotes_with_a_failure_in_the_window(
 ) -> None:
     verdict = decide(results, policy, canary_age_s=1, canary_ready=True)
     if verdict.action is Action.PROMOTE:
-        conclusive = [r for r in results if r.outcome is not Outcome.INCONCLUSIVE]
+        conclusive = [r for r in results if r.outcome is not IntervalOutcome.INCONCLUSIVE]
         window = conclusive[-policy.success_intervals :]
         assert len(window) == policy.success_intervals
         assert FAIL not in window
@@ -153,7 +159,7 @@ def test_rolls_back_exactly_at_the_failure_limit(
     # failure_limit-th failure, unless a promotion came first.
     failures = 0
     for i, result in enumerate(results):
-        failures += result.outcome is Outcome.FAILED
+        failures += result.outcome is IntervalOutcome.FAILED
         verdict = decide(results[: i + 1], policy, canary_age_s=1, canary_ready=True)
         if verdict.action is Action.PROMOTE:
             return
@@ -171,4 +177,4 @@ def test_too_few_jobs_is_never_a_pass(claimed: int, retried: int, dead: int) -> 
     canary = sample(claimed=claimed, retried=retried, dead=dead)
     result = judge_interval(canary, STABLE, POLICY)
     if claimed < POLICY.min_jobs:
-        assert result.outcome is Outcome.INCONCLUSIVE
+        assert result.outcome is IntervalOutcome.INCONCLUSIVE

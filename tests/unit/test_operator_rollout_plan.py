@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from docpipe_operator.rollout import (
+    IntervalOutcome,
     IntervalResult,
     Observed,
-    Outcome,
     Phase,
     RevisionCounters,
     RolloutPolicy,
@@ -29,8 +29,8 @@ from docpipe_operator.rollout import (
 
 POLICY = RolloutPolicy(min_jobs=10, success_intervals=2, failure_limit=2, progress_deadline_s=60)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-PASS = IntervalResult(Outcome.PASSED, "ok")
-FAIL = IntervalResult(Outcome.FAILED, "error ratio 1.00")
+PASS = IntervalResult(IntervalOutcome.PASSED, "ok")
+FAIL = IntervalResult(IntervalOutcome.FAILED, "error ratio 1.00")
 
 
 def seen(**overrides: object) -> Observed:
@@ -155,7 +155,10 @@ def test_pause_holds_the_analysis_and_resume_continues_it() -> None:
 
     resumed = plan(paused.state, seen(interval=PASS), POLICY)
     assert resumed.state.phase is Phase.PROGRESSING
-    assert [i.outcome for i in resumed.state.intervals] == [Outcome.FAILED, Outcome.PASSED]
+    assert [i.outcome for i in resumed.state.intervals] == [
+        IntervalOutcome.FAILED,
+        IntervalOutcome.PASSED,
+    ]
 
 
 def test_a_manual_rollback_rejects_the_running_canary() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,10 +19,12 @@ from docpipe_operator.scaling import (
     MetricsSnapshot,
     PodMetrics,
     QueueMetrics,
+    QuotaKey,
     Recommendation,
     ScalingHistory,
     decide_replicas,
     pod_deletion_costs,
+    quota_ceiling,
 )
 
 NOW = 10_000.0
@@ -651,3 +655,314 @@ def test_completions_still_in_the_arrival_window_do_not_hold_an_idle_fleet_up() 
     )
 
     assert decision.desired == 0
+
+
+# Provider quotas: the ceiling of the fleet.
+
+TOKENS = QuotaKey("openai", "q1", "tokens")
+REQUESTS = QuotaKey("openai", "q1", "requests")
+UPLOADS = QuotaKey("llamaparse", "q2", "requests")
+# 90,000 tokens a minute at 500 tokens a job feed 3 jobs/s.
+TOKEN_QUOTA = {TOKENS: 90_000.0}
+TOKEN_USE = {TOKENS: 500.0}
+SPAN = 10.0
+
+
+def quota_round(
+    pods: int,
+    *,
+    done_per_pod: float = SPAN,
+    use: Mapping[QuotaKey, float] = TOKEN_USE,
+    limits: Mapping[QuotaKey, float] = TOKEN_QUOTA,
+    wait_per_pod: float = 0.0,
+    ready_jobs: float = 10_000,
+    held: tuple[str, ...] = (),
+) -> tuple[MetricsSnapshot, ScalingHistory]:
+    """Two scrapes SPAN seconds apart of `pods` full workers (CONCURRENCY jobs in flight each)
+    that finished `done_per_pod` jobs each, drawing `use` budget per job; the second is the
+    snapshot, the first is in the history with a recommendation of the current size."""
+    names = [f"w-{i}" for i in range(pods)]
+    first = CounterSample(
+        at=NOW - SPAN,
+        succeeded=dict.fromkeys(names, 100.0),
+        in_flight=dict.fromkeys(names, float(CONCURRENCY)),
+        ready=ready_jobs,
+        quota_used={n: {k: 100.0 * u for k, u in use.items()} for n in names},
+        quota_wait=dict.fromkeys(names, 50.0),
+    )
+    later = 100.0 + done_per_pod
+    snap = MetricsSnapshot(
+        pods=tuple(
+            PodMetrics(
+                n,
+                ready=True,
+                jobs_in_flight=CONCURRENCY,
+                jobs_succeeded=later,
+                quota_used={k: later * u for k, u in use.items()},
+                quota_wait_seconds=50.0 + wait_per_pod,
+            )
+            for n in names
+        ),
+        queue=QueueMetrics(ready_jobs, 60.0),
+        quota_limits=limits,
+        quota_held=held,
+    )
+    history = ScalingHistory(
+        samples=(first,), recommendations=(Recommendation(NOW - SPAN, pods),), last_busy_at=NOW
+    )
+    return snap, history
+
+
+WIDE = {"max_replicas": 20, "max_scale_up_step": 100}
+
+
+@pytest.mark.parametrize(
+    ("case", "pods", "round_args", "scaling", "desired", "limited", "says"),
+    [
+        # Each full worker does 1 job/s (4 slots, 4 s a job); the quota feeds 3 jobs/s.
+        ("10k backlog, a quota that feeds 3", 2, {}, WIDE, 4, True, "capped by the provider quota"),
+        ("10k backlog, no quota", 2, {"limits": {}}, WIDE, 20, False, "scaling up 2 → 20"),
+        (
+            "requests bind before tokens",
+            2,
+            {
+                "limits": {REQUESTS: 120.0, TOKENS: 600_000.0},
+                "use": {REQUESTS: 1.0, TOKENS: 500.0},
+            },
+            WIDE,
+            3,
+            True,
+            "120 requests/min at 1 requests/job",
+        ),
+        (
+            "a quota the jobs do not draw on binds nothing",
+            2,
+            {"limits": {UPLOADS: 10.0}, "use": {}},
+            WIDE,
+            20,
+            False,
+            "scaling up 2 → 20",
+        ),
+        # 8 workers share 3 jobs/s: 30 jobs in 10 s, 200 of 320 busy slot-seconds waiting.
+        (
+            "pods that only wait are scaled away at once",
+            8,
+            {"done_per_pod": 3.75, "wait_per_pod": 25.0},
+            WIDE,
+            4,
+            True,
+            "scaling down 8 → 4: more workers would only wait",
+        ),
+        (
+            "at the ceiling, the fleet holds",
+            4,
+            {},
+            WIDE,
+            4,
+            True,
+            "at the provider quota's ceiling",
+        ),
+        (
+            "the step still applies below the ceiling",
+            1,
+            {},
+            policy(max_scale_up_step=2),
+            3,
+            True,
+            "maxScaleUpStep",
+        ),
+        ("minReplicas wins over the ceiling", 6, {}, {**WIDE, "min_replicas": 6}, 6, True, "quota"),
+        (
+            "a little load stays under the ceiling",
+            2,
+            {"ready_jobs": 0},
+            WIDE,
+            2,
+            False,
+            "steady at 2",
+        ),
+    ],
+)
+def test_the_fleet_never_outgrows_what_its_quota_feeds(
+    case: str,
+    pods: int,
+    round_args: dict[str, Any],
+    scaling: ScalingSpec | dict[str, Any],
+    desired: int,
+    limited: bool,
+    says: str,
+) -> None:
+    snap, history = quota_round(pods, **round_args)
+    chosen = scaling if isinstance(scaling, ScalingSpec) else policy(**scaling)
+
+    decision, _ = decide(snap, current=pods, scaling=chosen, history=history)
+
+    assert decision.desired == desired, (case, decision.reason)
+    assert decision.quota_limited is limited, (case, decision.reason)
+    assert says in decision.reason, (case, decision.reason)
+
+
+def test_a_capped_decision_gives_the_quota_figures() -> None:
+    snap, history = quota_round(2)
+
+    decision, new_history = decide(snap, current=2, scaling=policy(**WIDE), history=history)
+
+    ceiling = decision.quota_ceiling
+    assert ceiling is not None
+    assert ceiling.binding == TOKENS
+    assert ceiling.replicas == 4
+    assert ceiling.quota_jobs_per_second == pytest.approx(3.0)
+    assert ceiling.worker_jobs_per_second == pytest.approx(1.0)
+    assert "90000 tokens/min at 500 tokens/job feeds 3 jobs/s" in decision.reason
+    assert "one worker does 1 jobs/s: at most 4 workers (3 + 1 of headroom)" in decision.reason
+    assert "load needs 336 workers" in decision.reason
+    assert new_history.quota_per_job == {TOKENS: pytest.approx(500.0)}
+    assert new_history.recommendations[-1] == Recommendation(NOW, 4)
+
+
+def test_the_ceiling_counts_only_working_time_so_waiting_workers_do_not_raise_it() -> None:
+    # The same fleet as above, quota-bound: its measured job time (10.7 s) includes waiting.
+    snap, history = quota_round(8, done_per_pod=3.75, wait_per_pod=25.0)
+
+    decision, _ = decide(snap, current=8, scaling=policy(**WIDE), history=history)
+
+    assert decision.seconds_per_job == pytest.approx(320 / 30)
+    assert decision.quota_ceiling is not None
+    assert decision.quota_ceiling.worker_jobs_per_second == pytest.approx(1.0)
+
+
+def test_no_ceiling_before_a_job_is_measured_so_the_first_scale_up_is_free() -> None:
+    snap, _ = quota_round(1)
+
+    decision, _ = decide(snap, current=1, scaling=policy(**WIDE))
+
+    assert decision.quota_ceiling is None
+    assert decision.desired == 20
+
+
+def test_a_ceiling_never_blocks_the_first_worker() -> None:
+    # Even with remembered figures and a limit still reported (a stale Prometheus series), a
+    # backlog at zero brings workers back.
+    snap = MetricsSnapshot(
+        pods=(), queue=QueueMetrics(10_000, 60.0), quota_limits={TOKENS: 30_000.0}
+    )
+    history = ScalingHistory(
+        quota_per_job={TOKENS: 500.0}, working_seconds_per_job=4.0, seconds_per_job=4.0
+    )
+
+    decision, _ = decide(snap, current=0, scaling=zero_policy(**WIDE), history=history)
+
+    assert decision.quota_ceiling is not None
+    assert decision.quota_ceiling.replicas == 2
+    assert decision.desired == 2
+
+
+def test_scale_to_zero_is_unchanged_by_a_quota() -> None:
+    snap, history = quota_round(2, ready_jobs=0)
+    idle = MetricsSnapshot(
+        pods=tuple(replace(p, jobs_in_flight=0.0) for p in snap.pods),
+        queue=QueueMetrics(0, 0.0),
+        quota_limits=snap.quota_limits,
+    )
+    history = replace(history, last_busy_at=NOW - 601)
+
+    decision, _ = decide(idle, current=2, scaling=zero_policy(**WIDE), history=history)
+
+    assert decision.desired == 0
+    assert decision.reason.startswith("scaling 2 → 0")
+
+
+def test_a_pinned_size_ignores_the_quota() -> None:
+    snap, history = quota_round(2)
+
+    decision, _ = decide(snap, current=2, scaling=policy(**WIDE), history=history, pinned=9)
+
+    assert decision.desired == 9
+    assert decision.quota_ceiling is None
+    assert not decision.quota_limited
+
+
+@pytest.mark.parametrize(
+    ("scaling", "current", "desired"),
+    [
+        ({**WIDE}, 6, 1),
+        ({**WIDE, "min_replicas": 0, "scale_to_zero": {"enabled": True}}, 6, 1),
+        ({**WIDE, "min_replicas": 3}, 6, 3),
+        ({**WIDE}, 1, 1),
+    ],
+)
+def test_a_quota_held_for_lack_of_credit_keeps_only_the_workers_that_keep_it_visible(
+    scaling: dict[str, Any], current: int, desired: int
+) -> None:
+    snap, history = quota_round(current, held=("openai/q1",))
+
+    decision, _ = decide(snap, current=current, scaling=policy(**scaling), history=history)
+
+    assert decision.desired == desired
+    assert decision.quota_held == ("openai/q1",)
+    assert decision.quota_limited
+    assert "insufficient_quota: openai/q1" in decision.reason
+
+
+def test_quota_figures_are_remembered_between_rounds_without_completions() -> None:
+    snap, history = quota_round(2)
+    _, remembered = decide(snap, current=2, scaling=policy(**WIDE), history=history)
+    # A round an hour later: no sample in the window, nothing finished yet.
+    later, _ = quota_round(4)
+
+    decision, _ = decide(
+        later,
+        current=4,
+        scaling=policy(**WIDE),
+        history=replace(remembered, samples=()),
+        now=NOW + 3600,
+    )
+
+    assert decision.quota_ceiling is not None
+    assert decision.quota_ceiling.replicas == 4
+
+
+def test_a_reset_used_counter_counts_from_zero() -> None:
+    snap, history = quota_round(2)
+    first = history.samples[0]
+    # w-0 restarted: its counters went down to what it did since.
+    restarted = replace(
+        first,
+        succeeded={**first.succeeded, "w-0": 1000.0},
+        quota_used={**first.quota_used, "w-0": {TOKENS: 1000.0 * 500.0}},
+        quota_wait={**first.quota_wait, "w-0": 5000.0},
+    )
+
+    decision, _ = decide(
+        snap, current=2, scaling=policy(**WIDE), history=replace(history, samples=(restarted,))
+    )
+
+    assert decision.quota_ceiling is not None
+    assert decision.quota_ceiling.used_per_job == pytest.approx(500.0)
+
+
+def test_quota_ceiling_is_the_binding_quota_over_a_workers_rate_plus_headroom() -> None:
+    ceiling = quota_ceiling(
+        {TOKENS: 1_000_000.0, REQUESTS: 3000.0}, {TOKENS: 2000.0, REQUESTS: 2.0}, 8.0, 4
+    )
+
+    # Tokens: 1e6/60/2000 = 8.3 jobs/s; requests: 3000/60/2 = 25 jobs/s. A worker: 4/8 = 0.5.
+    assert ceiling is not None
+    assert ceiling.binding == TOKENS
+    assert ceiling.replicas == math.ceil(8.333 / 0.5) + 1
+    assert quota_ceiling({TOKENS: 1000.0}, {}, 8.0, 4) is None
+    assert quota_ceiling({TOKENS: 1000.0}, {TOKENS: 1.0}, None, 4) is None
+
+
+@pytest.mark.parametrize(
+    ("worker_seconds_per_job", "replicas"),
+    [(2.0, 4), (1.94, 4), (2.06, 4), (2.3, 4), (2.5, 5), (0.1, 2)],
+)
+def test_noise_around_a_whole_number_of_workers_does_not_move_the_ceiling(
+    worker_seconds_per_job: float, replicas: int
+) -> None:
+    # 3 jobs/s of quota; a worker of 2 slots does 2 / seconds-per-job jobs/s.
+    ceiling = quota_ceiling({TOKENS: 90_000.0}, TOKEN_USE, worker_seconds_per_job, 2)
+
+    assert ceiling is not None
+    assert ceiling.replicas == replicas

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from docpipe_operator.conditions import Observation, build_status
+from docpipe_operator.decision import needs_patch
 from docpipe_operator.model import DocumentPipelineStatus, dump
-from docpipe_operator.reconciler import needs_patch
 from docpipe_operator.scaling import Decision
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

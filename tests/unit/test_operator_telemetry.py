@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from docpipe_contracts import metrics
 from docpipe_operator import telemetry
-from docpipe_operator.reconciler import contains
+from docpipe_operator.decision import contains
 
 
 def _exposition() -> str:

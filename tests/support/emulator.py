@@ -1,4 +1,5 @@
-"""A Kubernetes API emulator for the operator tests, built on kmock's `KubernetesEmulator`.
+"""A Kubernetes API emulator for the operator tests and benchmarks, built on kmock's
+`KubernetesEmulator`.
 
 kmock 0.8 gives the HTTP server, request parsing, resource discovery and error shapes; the object
 store is replaced by one that behaves like the real API server where the operator (and Kopf and
@@ -21,6 +22,7 @@ It leans on kmock internals (`_handle`, `_serve_version`, `_requests`): kmock is
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import itertools
 import json
@@ -29,6 +31,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -40,6 +43,9 @@ Obj = dict[str, Any]
 Key = tuple[str, str | None, str]  # "group/version/plural", namespace, name
 
 DOCPIPE_RESOURCE = "docpipe.io/v1alpha1/documentpipelines"
+DEPLOYMENTS = "apps/v1/deployments"
+PODS = "/v1/pods"
+SECRETS = "/v1/secrets"
 EXTRA_RESOURCES: dict[str, kmock.ResourceInfo] = {
     DOCPIPE_RESOURCE: kmock.ResourceInfo(
         kind="DocumentPipeline",
@@ -257,11 +263,17 @@ class KubernetesApi(kmock.KubernetesEmulator):
         self.store: dict[Key, Obj] = {}
         self.calls: set[tuple[str, str, str]] = set()
         self.request_count = 0
+        # Answers by status code, and requests by verb (watches are long-lived: counted once).
+        self.answers: collections.Counter[int] = collections.Counter()
+        self.verbs: collections.Counter[str] = collections.Counter()
+        self.requests_by: collections.Counter[str] = collections.Counter()  # "verb plural[/sub]"
         self._rv = itertools.count(1000)
         self._last_rv = 1000
         self._log: list[tuple[int, str, str, Obj]] = []
         self._changed = asyncio.Event()
         self.gone_resources: set[str] = set()
+        # A kubeconfig that points at this emulator, once one is written (see support.cluster).
+        self.kubeconfig: Path | None = None
 
     # ---- the store: used by the HTTP handlers and directly by tests (as a kubelet would) ----
 
@@ -287,6 +299,13 @@ class KubernetesApi(kmock.KubernetesEmulator):
     def _bump(self, obj: Obj) -> None:
         self._last_rv = next(self._rv)
         obj["metadata"]["resourceVersion"] = str(self._last_rv)
+
+    def stored_objects(self, rkey: str, namespace: str | None = None) -> Iterator[Obj]:
+        """The stored objects themselves, not copies (for a kubelet reading many; never change
+        them)."""
+        for (r, ns, _), o in self.store.items():
+            if r == rkey and (namespace is None or ns == namespace):
+                yield o
 
     def list_objects(self, rkey: str, namespace: str | None = None) -> list[Obj]:
         """Copies of the stored objects of a resource (in a namespace, if given)."""
@@ -437,9 +456,11 @@ class KubernetesApi(kmock.KubernetesEmulator):
             )
         self._requests.append(request)
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
         except Exception as exc:
-            return _status(500, type(exc).__name__, repr(exc))
+            response = _status(500, type(exc).__name__, repr(exc))
+        self.answers[response.status] += 1
+        return response
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         parsed = parse_path(request.url.path)
@@ -452,6 +473,8 @@ class KubernetesApi(kmock.KubernetesEmulator):
         try:
             info = self.info(rkey)
             verb = self._verb(request)
+            self.verbs[verb] += 1
+            self.requests_by[f"{verb} {plural}{'/' + subresource if subresource else ''}"] += 1
             self.calls.add((group, f"{plural}/{subresource}" if subresource else plural, verb))
             namespace = namespace if info.namespaced else None
             if verb == "watch":
