@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 def documented_defaults() -> dict[str, str]:
     rows = {}
     for line in DOC.read_text().splitlines():
-        match = re.match(r"\| `([A-Z_]+)` \| ([^|]*) \|", line)
+        match = re.match(r"\| `([A-Z0-9_]+)` \| ([^|]*) \|", line)
         if match:
             rows[match.group(1)] = match.group(2).strip().strip("`")
     return rows

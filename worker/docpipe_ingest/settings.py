@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from docpipe_contracts.configuration import PIPELINE_NAME
 from docpipe_providers.embeddings import OPENAI_DEFAULT_URL
 from docpipe_providers.llamaparse import LLAMAPARSE_DEFAULT_URL
+from docpipe_providers.object_storage import ObjectStorageConfig, storage_config
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MAX_EMBEDDING_DIMENSIONS
 
 
@@ -58,8 +59,15 @@ class WorkerSettings(BaseSettings):
     # Embedding requests in flight at once across the worker's jobs (default: its concurrency).
     embedding_concurrency: int | None = Field(None, ge=1, le=1024)
     request_timeout_seconds: float = Field(30.0, gt=0, le=600)
-    # Chunk stores in flight at once per worker: HNSW inserts contend for the index's pages.
-    store_concurrency: int = Field(2, ge=1, le=64)
+    # Cross-document batching (docpipe_providers.batching): the chunks of the jobs in flight share
+    # embeddings requests, gathered for up to the window, up to the batch size and the tokens per
+    # request. false: one request (or more) per document, as before (kept to measure against).
+    embedding_shared_requests: bool = True
+    embedding_batch_window_ms: float = Field(200.0, ge=0, le=1000)
+    embedding_batch_tokens: int = Field(240_000, ge=1, le=300_000)
+    # Chunk stores in flight at once per worker. HNSW inserts wait on each other's index pages
+    # more than on the CPU: more writers store more per second (ADR 0007 has the measurements).
+    store_concurrency: int = Field(8, ge=1, le=64)
 
     # Provider quotas (ADR 0005). Unset: learned from the provider's headers (OpenAI), else none.
     openai_requests_per_minute: int | None = Field(None, ge=1)
@@ -72,6 +80,30 @@ class WorkerSettings(BaseSettings):
     quota_mode: Literal["shared", "local", "off"] = "shared"
     # How long the provider's work waits between tries while it answers insufficient_quota.
     quota_hold_seconds: float = Field(30.0, gt=0, le=3600)
+
+    # Where uploaded originals are kept (docpipe_providers.object_storage): database (the
+    # default: embedded in Postgres) or s3 (S3-compatible storage; the database keeps the hash
+    # and the object key). The intake API reads the same variables.
+    originals_store: Literal["database", "s3"] = "database"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "originals/"
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias=_env("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=_env("AWS_SECRET_ACCESS_KEY")
+    )
+
+    # Parsing in isolation (docpipe_ingest.isolation): child processes (unset: one per core),
+    # and what one document, or one part of a large one, may use of its child.
+    parse_processes: int | None = Field(None, ge=1, le=256)
+    parse_cpu_seconds: float = Field(60.0, gt=0, le=3600)
+    parse_wall_seconds: float = Field(300.0, gt=0, le=86400)
+    parse_memory_mb: int = Field(1024, ge=128, le=1_048_576)
+    # Documents above this size are processed in parts whose progress is kept.
+    large_document_bytes: int = Field(2_097_152, ge=1024)
+    part_pages: int = Field(100, ge=1, le=100_000)
+    part_chunks: int = Field(500, ge=1, le=100_000)
 
     chunk_max_chars: int = Field(1500, ge=100, le=100_000)
     chunk_overlap_chars: int = Field(200, ge=0)
@@ -86,6 +118,7 @@ class WorkerSettings(BaseSettings):
                 "DOCPIPE_CHUNK_OVERLAP_CHARS must be less than half of DOCPIPE_CHUNK_MAX_CHARS "
                 f"({self.chunk_max_chars}), got {self.chunk_overlap_chars}"
             )
+        self.object_storage()
         if self.parser == "llamaparse" and self.llama_cloud_api_key is None:
             raise ValueError("DOCPIPE_PARSER=llamaparse needs LLAMA_CLOUD_API_KEY")
         if self.openai_base_url.rstrip("/") == OPENAI_DEFAULT_URL and self.openai_api_key is None:
@@ -94,3 +127,19 @@ class WorkerSettings(BaseSettings):
                 "(or point OPENAI_BASE_URL at a compatible server, such as `docpipe mocks`)"
             )
         return self
+
+    def object_storage(self) -> ObjectStorageConfig | None:
+        """Where originals are read from (None: the database)."""
+        return storage_config(
+            self.originals_store,
+            endpoint_url=self.s3_endpoint_url,
+            bucket=self.s3_bucket,
+            region=self.s3_region,
+            prefix=self.s3_prefix,
+            access_key_id=_plain(self.aws_access_key_id),
+            secret_access_key=_plain(self.aws_secret_access_key),
+        )
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from docpipe_contracts.errors import JobError, PermanentError, TransientError
 from docpipe_providers import usage
+from docpipe_providers.batching import Embedded, SharedRequests
 from docpipe_providers.external_requests import request_model
 from docpipe_providers.quota_calls import QuotaGate, estimate_tokens
 
@@ -147,10 +148,23 @@ class OpenAIEmbedder:
         self._max_batch_inputs = max_batch_inputs
         self._max_batch_chars = max_batch_chars
         # One bound for the whole embedder, so that concurrent jobs share the rate limit politely.
+        self._max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
         self._request_timeout = request_timeout
         self._send_dimensions = send_dimensions
         self._quota = quota
+
+    def shared(self, *, window_s: float, max_inputs: int, max_tokens: int) -> SharedRequests:
+        """This client behind cross-document batching: concurrent callers' texts share requests
+        (`batching`), as many at once as this client's concurrency."""
+        return SharedRequests(
+            self.request,
+            max_inputs=min(max_inputs, self._max_batch_inputs),
+            max_tokens=max_tokens,
+            window_s=window_s,
+            max_in_flight=self._max_concurrency,
+            model=self._model,
+        )
 
     @property
     def dimensions(self) -> int:
@@ -180,6 +194,14 @@ class OpenAIEmbedder:
         return [vector for task in tasks for vector in task.result()]
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        embedded = await self.request(batch)
+        if embedded.tokens is not None:
+            usage.record_tokens(self._model, embedded.tokens)
+        return embedded.vectors
+
+    async def request(self, batch: list[str]) -> Embedded:
+        """One embeddings request for `batch` (within the per-request limits), within the quota;
+        the billed tokens are returned, not recorded (`batching` shares them out)."""
         # float32 in base64 is a third of the size of JSON numbers, and pgvector stores float32.
         body: dict[str, object] = {
             "model": self._model,
@@ -208,9 +230,7 @@ class OpenAIEmbedder:
                 response = await send()
             else:
                 response = await quota.call(send, requests=1, tokens=estimate_tokens(batch))
-        if response.tokens is not None:
-            usage.record_tokens(self._model, response.tokens)
-        return self._vectors_in_order(response, len(batch))
+        return Embedded(self._vectors_in_order(response, len(batch)), response.tokens, self._model)
 
     def _vectors_in_order(self, response: _EmbeddingList, count: int) -> list[list[float]]:
         if len(response.data) != count:

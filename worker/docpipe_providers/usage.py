@@ -47,6 +47,19 @@ def record_tokens(model: str, tokens: int) -> None:
         usage.model = model
 
 
+def current() -> Usage | None:
+    """The meter of the work running in this context (None: outside any meter)."""
+    return _current.get()
+
+
+def record_share(usage: Usage, model: str, tokens: int) -> None:
+    """A caller's share of a request that carried several callers' inputs (`batching`): its part
+    of the billed tokens, and the request counted once for each caller it carried."""
+    usage.tokens += max(0, tokens)
+    usage.requests += 1
+    usage.model = model
+
+
 def record_pages(pages: int) -> None:
     """One parse result of `pages` pages."""
     usage = _current.get()

@@ -44,12 +44,15 @@ async def add_document(
     tags: Sequence[str] | None = None,
     source_url: str | None = None,
     metadata: dict[str, Any] | None = None,
+    content_key: str | None = None,
 ) -> AddedDocument:
     """Store a document and enqueue its ingest job in one transaction.
 
     The same content from the same owner in the same pipeline is the same document: it is
     returned as it is, unless `reprocess` asks for its job to run again. Tags, source URL and
     metadata given (not None) are stored, replacing those of a document already there.
+    With `content_key` (the original is in object storage under that key) the bytes are not
+    stored here: only their size, hash and the key.
     """
     digest = hashlib.sha256(data).hexdigest()
     async with conn.transaction():
@@ -59,9 +62,9 @@ async def add_document(
             row = await conn.fetchrow(
                 "insert into docpipe.documents"
                 " (pipeline, owner, filename, content_type, size_bytes, sha256, content,"
-                " tags, source_url, metadata)"
+                " tags, source_url, metadata, content_key)"
                 " values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, '{}'::text[]), $9,"
-                " coalesce($10, '{}'::jsonb))"
+                " coalesce($10, '{}'::jsonb), $11)"
                 " on conflict (pipeline, owner, sha256) do nothing"
                 " returning id, status",
                 pipeline,
@@ -70,10 +73,11 @@ async def add_document(
                 content_type,
                 len(data),
                 digest,
-                data,
+                data if content_key is None else None,
                 list(tags) if tags is not None else None,
                 source_url,
                 metadata,
+                content_key,
             )
             if row is not None:
                 return await _enqueue(

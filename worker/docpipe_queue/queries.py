@@ -183,12 +183,30 @@ with released as (
 select id, pg_notify('{channel}', pipeline) from released
 """.replace("{channel}", NOTIFY_CHANNEL)
 
+# Rows locked by a transaction in flight (a job's store holds its row for as long as it inserts
+# the chunks, seconds for a large document) are skipped, not waited for: waiting would stall the
+# renewal of every other lease of the batch until that store commits, and they would expire on a
+# live worker. A skipped row still under the lease counts as held (its store is running) and is
+# renewed by the next heartbeat.
 HEARTBEAT = """
-update docpipe.jobs j
-set lease_expires_at = now() + make_interval(secs => $3)
-from unnest($1::bigint[], $2::uuid[]) as l(id, token)
-where j.id = l.id and j.lease_token = l.token
-returning j.id
+with leases as (
+    select l.id, l.token from unnest($1::bigint[], $2::uuid[]) as l(id, token)
+),
+renewable as (
+    select j.id from docpipe.jobs j join leases l on j.id = l.id and j.lease_token = l.token
+    for update of j skip locked
+),
+renewed as (
+    update docpipe.jobs j
+    set lease_expires_at = now() + make_interval(secs => $3)
+    from renewable r
+    where j.id = r.id
+    returning j.id
+)
+select id from renewed
+union all
+select j.id from docpipe.jobs j join leases l on j.id = l.id and j.lease_token = l.token
+where j.id not in (select id from renewable)
 """
 
 # Jobs whose worker stopped renewing their lease (crashed, partitioned, frozen). A job that had
@@ -318,8 +336,120 @@ select (select count(*) from inserted) from held
 
 GET = """
 select id, pipeline, kind, document_id, payload, priority, status, attempts, max_attempts,
-       run_after, lease_expires_at, worker, last_error, correlation_id, created_at, finished_at
+       run_after, lease_expires_at, worker, last_error, correlation_id, created_at, finished_at,
+       progress
 from docpipe.jobs where id = $1
+"""
+
+# Why the heartbeat no longer renews leases: the jobs' state now (succeeded by this worker:
+# nothing was lost; cancelled; or rescued from under it and maybe claimed again).
+LEASE_STATES = """
+select id, status, worker, lease_token from docpipe.jobs where id = any($1::bigint[])
+"""
+
+# A lease lost on a live worker (its renewals did not reach the database in time): the rescue
+# wrote 'crashed or unreachable', the worker corrects it to what happened, only while that
+# rescue's message for this worker is still the job's last error.
+RECORD_LEASE_LOST = """
+update docpipe.jobs
+set last_error = $3
+where id = $1 and lease_token is distinct from $2
+  and last_error = 'lease expired: worker ' || $4::text
+                   || ' stopped renewing it (crashed or unreachable)'
+returning id
+"""
+
+# Large documents in parts (migration 0008). Each statement takes the job row under the worker's
+# lease first, like STORE_AND_COMPLETE, so a cancel or rescue that got there first wins.
+# The parsed text of part $3, and the job's progress.
+SAVE_PARSED_PART = """
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+saved as (
+    insert into docpipe.job_parts (job_id, part, content)
+    select id, $3, $4 from held
+    on conflict (job_id, part) do update set content = excluded.content
+    returning 1
+)
+update docpipe.jobs j
+set progress = $5::jsonb
+from held
+where j.id = held.id and (select count(*) from saved) >= 0
+returning j.id
+"""
+
+# One part's chunks, from ordinal $6 on: the document's chunks at and after it are replaced (the
+# first part, $6 = 0, replaces a previous version's), those before it were stored by earlier
+# parts and stay. Returns the chunks stored, or no row when the lease was lost.
+STORE_PART = """
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and ordinal >= $6 and exists (select 1 from held)
+    returning 1
+),
+inserted as (
+    insert into docpipe.chunks
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+    from unnest($7::int[], $8::text[], $9::text[], $10::int[], $11::int[], $12::vector[])
+        as c(ordinal, content, heading, char_start, char_end, embedding)
+    where exists (select 1 from held) and (select count(*) from removed) >= 0
+    returning 1
+),
+progressed as (
+    update docpipe.jobs j
+    set progress = $13::jsonb
+    from held
+    where j.id = held.id and (select count(*) from inserted) >= 0
+)
+select (select count(*) from inserted) from held
+"""
+
+# The last step of a document in parts: the document is processed with $4 chunks (any beyond,
+# from a longer previous version, go), its parsed parts are dropped and the job completes.
+COMPLETE_PARTS = """
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and ordinal >= $4 and exists (select 1 from held)
+),
+document as (
+    update docpipe.documents
+    set status = 'processed', chunk_count = $4, error = null, processed_at = now(),
+        updated_at = now()
+    where id = $3 and exists (select 1 from held)
+),
+parts as (
+    delete from docpipe.job_parts where job_id in (select id from held)
+),
+completed as (
+    update docpipe.jobs
+    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null,
+        progress = $5::jsonb
+    where id in (select id from held)
+)
+select id from held
+"""
+
+# Where a job in parts stands, and the text of the parts it has parsed.
+PROGRESS = """
+select progress from docpipe.jobs where id = $1
+"""
+
+PARSED_PARTS = """
+select part, content from docpipe.job_parts where job_id = $1 order by part
 """
 
 NEXT_RUN_AFTER = """

@@ -122,6 +122,33 @@ from unnest($1::bigint[], $2::uuid[]) as l(id, token)
 where j.id = l.id and j.lease_token = l.token
 returning j.id;
 
+-- COMPLETE_PARTS
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and ordinal >= $4 and exists (select 1 from held)
+),
+document as (
+    update docpipe.documents
+    set status = 'processed', chunk_count = $4, error = null, processed_at = now(),
+        updated_at = now()
+    where id = $3 and exists (select 1 from held)
+),
+parts as (
+    delete from docpipe.job_parts where job_id in (select id from held)
+),
+completed as (
+    update docpipe.jobs
+    set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null,
+        progress = $5::jsonb
+    where id in (select id from held)
+)
+select id from held;
+
 -- ENQUEUE
 insert into docpipe.jobs
     (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
@@ -147,26 +174,57 @@ returning j.status, j.run_after;
 
 -- GET
 select id, pipeline, kind, document_id, payload, priority, status, attempts, max_attempts,
-       run_after, lease_expires_at, worker, last_error, correlation_id, created_at, finished_at
+       run_after, lease_expires_at, worker, last_error, correlation_id, created_at, finished_at,
+       progress
 from docpipe.jobs where id = $1;
 
 -- HEARTBEAT
-update docpipe.jobs j
-set lease_expires_at = now() + make_interval(secs => $3)
-from unnest($1::bigint[], $2::uuid[]) as l(id, token)
-where j.id = l.id and j.lease_token = l.token
-returning j.id;
+with leases as (
+    select l.id, l.token from unnest($1::bigint[], $2::uuid[]) as l(id, token)
+),
+renewable as (
+    select j.id from docpipe.jobs j join leases l on j.id = l.id and j.lease_token = l.token
+    for update of j skip locked
+),
+renewed as (
+    update docpipe.jobs j
+    set lease_expires_at = now() + make_interval(secs => $3)
+    from renewable r
+    where j.id = r.id
+    returning j.id
+)
+select id from renewed
+union all
+select j.id from docpipe.jobs j join leases l on j.id = l.id and j.lease_token = l.token
+where j.id not in (select id from renewable);
 
 -- ID_RANGE
 select min(id), max(id) from docpipe.jobs;
 
+-- LEASE_STATES
+select id, status, worker, lease_token from docpipe.jobs where id = any($1::bigint[]);
+
 -- NEXT_RUN_AFTER
 select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1;
+
+-- PARSED_PARTS
+select part, content from docpipe.job_parts where job_id = $1 order by part;
+
+-- PROGRESS
+select progress from docpipe.jobs where id = $1;
 
 -- PURGE_RANGE
 delete from docpipe.jobs
 where id >= $1 and id < $2 and status = any($3::text[])
   and finished_at < now() - make_interval(secs => $4);
+
+-- RECORD_LEASE_LOST
+update docpipe.jobs
+set last_error = $3
+where id = $1 and lease_token is distinct from $2
+  and last_error = 'lease expired: worker ' || $4::text
+                   || ' stopped renewing it (crashed or unreachable)'
+returning id;
 
 -- RELEASE
 with released as (
@@ -226,6 +284,24 @@ with retried as (
 )
 select id, pg_notify('docpipe_jobs', pipeline) from retried;
 
+-- SAVE_PARSED_PART
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+saved as (
+    insert into docpipe.job_parts (job_id, part, content)
+    select id, $3, $4 from held
+    on conflict (job_id, part) do update set content = excluded.content
+    returning 1
+)
+update docpipe.jobs j
+set progress = $5::jsonb
+from held
+where j.id = held.id and (select count(*) from saved) >= 0
+returning j.id;
+
 -- STATS
 with queued as (
     select pipeline,
@@ -280,5 +356,33 @@ completed as (
     update docpipe.jobs
     set status = 'succeeded', finished_at = now(), lease_token = null, lease_expires_at = null
     where id in (select id from held)
+)
+select (select count(*) from inserted) from held;
+
+-- STORE_PART
+with held as (
+    select id from docpipe.jobs
+    where id = $1 and lease_token = $2 and status = 'running'
+    for update
+),
+removed as (
+    delete from docpipe.chunks
+    where document_id = $3 and ordinal >= $6 and exists (select 1 from held)
+    returning 1
+),
+inserted as (
+    insert into docpipe.chunks
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+    from unnest($7::int[], $8::text[], $9::text[], $10::int[], $11::int[], $12::vector[])
+        as c(ordinal, content, heading, char_start, char_end, embedding)
+    where exists (select 1 from held) and (select count(*) from removed) >= 0
+    returning 1
+),
+progressed as (
+    update docpipe.jobs j
+    set progress = $13::jsonb
+    from held
+    where j.id = held.id and (select count(*) from inserted) >= 0
 )
 select (select count(*) from inserted) from held;
