@@ -54,6 +54,11 @@ class OpenAIQuotas(BaseModel):
     tokens_per_minute: int | None = _limit()
     # Out of credit: every request is answered 429 `insufficient_quota`, whatever the budget.
     insufficient_quota: bool = Field(default=False, strict=True)
+    # How much of a minute's budget may be spent at once. 60: a full minute's worth (a bucket of
+    # capacity `limit`). Fewer: the limit enforced over shorter periods, as OpenAI says it may
+    # ("60,000 requests/minute may be enforced as 1,000 requests/second"), so a client that
+    # bursts is refused long before it has spent the minute's budget.
+    burst_seconds: int = Field(default=60, ge=1, le=60, strict=True)
 
 
 class LlamaParseQuotas(BaseModel):
@@ -97,15 +102,24 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(slots=True)
 class TokenBucket:
-    """`limit` per minute: capacity `limit`, refilled continuously at `limit / 60` per second."""
+    """`limit` per minute, refilled continuously at `limit / 60` per second, holding at most
+    `burst_seconds` of it (a full minute's worth by default)."""
 
     limit: int
     level: float
     updated: float
+    burst_seconds: int = 60
 
     @classmethod
-    def full(cls, limit: int, now: float) -> TokenBucket:
-        return cls(limit, float(limit), now)
+    def full(cls, limit: int, now: float, burst_seconds: int = 60) -> TokenBucket:
+        bucket = cls(limit, 0.0, now, burst_seconds)
+        bucket.level = bucket.capacity
+        return bucket
+
+    @property
+    def capacity(self) -> float:
+        """What the bucket holds when full."""
+        return max(1.0, self.limit * self.burst_seconds / 60.0)
 
     @property
     def rate(self) -> float:
@@ -115,36 +129,42 @@ class TokenBucket:
     def refill(self, now: float) -> None:
         # A clock that went backwards refills nothing (and is not remembered).
         if now > self.updated:
-            self.level = min(float(self.limit), self.level + (now - self.updated) * self.rate)
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
             self.updated = now
 
     def wait(self, amount: int, now: float) -> float:
-        """Seconds until `amount` is available: 0 now, `inf` if it exceeds the capacity."""
+        """Seconds until `amount` is available: 0 now, `inf` if it exceeds the minute's limit.
+
+        A request larger than the bucket (possible only with a short burst) waits for a full
+        bucket and then leaves it in debt, so the minute's limit still holds on average."""
         self.refill(now)
         if amount > self.limit:
             return math.inf
-        if self.level + _SLACK >= amount:
+        needed = min(float(amount), self.capacity)
+        if self.level + _SLACK >= needed:
             # Within rounding of enough: a client that waited exactly its retry-after is served.
             return 0.0
-        return (amount - self.level) / self.rate
+        return (needed - self.level) / self.rate
 
     def take(self, amount: int, now: float) -> None:
         """Spend `amount` (the caller checked `wait(amount, now) == 0`)."""
         self.refill(now)
-        self.level = max(0.0, self.level - amount)
+        self.level = max(-float(self.limit), self.level - amount)
 
     def remaining(self, now: float) -> int:
         self.refill(now)
-        return math.floor(self.level + _SLACK)
+        return max(0, math.floor(self.level + _SLACK))
 
     def reset_after(self, now: float) -> float:
         """Seconds until the bucket is full again."""
         self.refill(now)
-        return (self.limit - self.level) / self.rate
+        return (self.capacity - self.level) / self.rate
 
-    def resized(self, limit: int) -> TokenBucket:
+    def resized(self, limit: int, burst_seconds: int = 60) -> TokenBucket:
         """The same bucket under a new limit: what was spent stays spent, up to the capacity."""
-        return TokenBucket(limit, min(float(limit), self.level), self.updated)
+        bucket = TokenBucket(limit, self.level, self.updated, burst_seconds)
+        bucket.level = min(bucket.capacity, self.level)
+        return bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +207,8 @@ class KeyBudget:
     def new(cls, quotas: OpenAIQuotas, now: float) -> KeyBudget:
         rpm, tpm = quotas.requests_per_minute, quotas.tokens_per_minute
         return cls(
-            TokenBucket.full(rpm, now) if rpm is not None else None,
-            TokenBucket.full(tpm, now) if tpm is not None else None,
+            TokenBucket.full(rpm, now, quotas.burst_seconds) if rpm is not None else None,
+            TokenBucket.full(tpm, now, quotas.burst_seconds) if tpm is not None else None,
         )
 
     def reconfigured(self, quotas: OpenAIQuotas, now: float) -> KeyBudget:
@@ -196,9 +216,9 @@ class KeyBudget:
             if limit is None:
                 return None
             if bucket is None:
-                return TokenBucket.full(limit, now)
+                return TokenBucket.full(limit, now, quotas.burst_seconds)
             bucket.refill(now)
-            return bucket.resized(limit)
+            return bucket.resized(limit, quotas.burst_seconds)
 
         return KeyBudget(
             resize(self.requests, quotas.requests_per_minute),

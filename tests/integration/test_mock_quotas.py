@@ -440,7 +440,7 @@ async def test_docpipe_mocks_takes_the_quotas_from_its_flags(
     command = [
         *(sys.executable, "-m", "docpipe_cli.main", "mocks", "--port", str(port)),
         *("--openai-rpm", "7", "--openai-tpm", "900", "--llamaparse-uploads", "3"),
-        *("--llamaparse-window", "5"),
+        *("--llamaparse-window", "5", "--openai-burst-seconds", "10"),
     ]
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -461,7 +461,12 @@ async def test_docpipe_mocks_takes_the_quotas_from_its_flags(
 
     assert status == 200
     assert config == {
-        "openai": {"requests_per_minute": 7, "tokens_per_minute": 900, "insufficient_quota": False},
+        "openai": {
+            "requests_per_minute": 7,
+            "tokens_per_minute": 900,
+            "insufficient_quota": False,
+            "burst_seconds": 10,
+        },
         "llamaparse": {"uploads_per_window": 3, "window_seconds": 5},
     }
 

@@ -88,6 +88,25 @@ def test_a_request_larger_than_the_capacity_waits_forever() -> None:
     assert math.isinf(TokenBucket.full(100, now=0.0).wait(101, 0.0))
 
 
+def test_a_short_burst_holds_only_that_many_seconds_of_the_minute() -> None:
+    bucket = TokenBucket.full(600, now=0.0, burst_seconds=5)  # 10 a second, 50 at once
+    for _ in range(50):
+        assert bucket.wait(1, 0.0) == 0
+        bucket.take(1, 0.0)
+
+    assert bucket.wait(1, 0.0) == pytest.approx(0.1)
+    assert bucket.remaining(600.0) == 50  # never above five seconds' worth
+
+
+def test_a_request_larger_than_a_short_burst_waits_for_a_full_bucket_and_leaves_debt() -> None:
+    bucket = TokenBucket.full(600, now=0.0, burst_seconds=5)  # 50 at once
+    bucket.take(10, 0.0)
+    assert bucket.wait(80, 0.0) == pytest.approx(1.0)  # until the bucket is full again
+    bucket.take(80, 1.0)
+    # 30 in debt: the next unit comes after the debt is repaid.
+    assert bucket.wait(1, 1.0) == pytest.approx(3.1)
+
+
 requests = st.lists(
     st.tuples(
         st.floats(min_value=0.0, max_value=5.0, allow_nan=False),  # seconds since the previous

@@ -174,6 +174,7 @@ def cmd_mocks(args: argparse.Namespace) -> int:
                     requests_per_minute=args.openai_rpm,
                     tokens_per_minute=args.openai_tpm,
                     insufficient_quota=args.openai_insufficient_quota,
+                    burst_seconds=args.openai_burst_seconds,
                 ),
                 llamaparse=LlamaParseQuotas(
                     uploads_per_window=args.llamaparse_uploads,
@@ -322,7 +323,7 @@ def _metadata_arg(raw: str | None) -> dict[str, object] | None:
     except ValueError:
         raise UsageError(f"--metadata must be a JSON object, got {raw[:60]!r}") from None
     if not isinstance(value, dict):
-        raise UsageError("--metadata must be a JSON object, like '{\"team\": \"docs\"}'")
+        raise UsageError('--metadata must be a JSON object, like \'{"team": "docs"}\'')
     return value
 
 
@@ -554,6 +555,46 @@ async def _purge(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from docpipe_queue import audit
+
+    if args.older_than is None:
+        raise UsageError("docpipe audit purge needs --older-than AGE (e.g. 90d)")
+    try:
+        older_than_s = audit.parse_age(args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+    async def run() -> int:
+        conn = await _connect(args.database_url)
+        try:
+            with Progress(transient=True, disable=args.json) as progress:
+                task = progress.add_task("purging the audit trail", total=None)
+
+                def advance(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                return await audit.purge(
+                    conn,
+                    older_than_s=older_than_s,
+                    batch_size=args.batch_size,
+                    on_progress=advance,
+                )
+        finally:
+            await conn.close()
+
+    deleted = asyncio.run(run())
+    if args.json:
+        print(json.dumps({"deleted": deleted}))
+    else:
+        print(f"deleted {deleted} audit events recorded more than {args.older_than.strip()} ago")
+    return 0
+
+
 def _row(stats: PipelineStats) -> dict[str, object]:
     return {
         "pipeline": stats.pipeline,
@@ -614,6 +655,23 @@ def build_argument_parser() -> argparse.ArgumentParser:
     _database_arg(p)
     p.set_defaults(func=cmd_jobs)
 
+    p = sub.add_parser("audit", help="the intake API's audit trail: retention")
+    p.add_argument("action", choices=["purge"])
+    p.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="purge: delete events recorded more than AGE ago, e.g. 90d, 12h, 2w (required)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=10_000,
+        help="purge: rows deleted per transaction (default 10000)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _database_arg(p)
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("usage", help="provider usage and cost per owner or pipeline")
     p.add_argument("--by", choices=["owner", "pipeline"], required=True, help="how to group")
     p.add_argument(
@@ -659,6 +717,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--openai-tpm", type=int, help="embedding input tokens per minute per API key (none)"
     )
     p.add_argument(
+        "--openai-burst-seconds",
+        type=int,
+        default=60,
+        help="how much of a minute's quota may be spent at once, in seconds (60)",
+    )
+    p.add_argument(
         "--openai-insufficient-quota",
         action="store_true",
         help="answer every embeddings request 429 insufficient_quota",
@@ -698,9 +762,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "(default with --token: $DOCPIPE_API_URL)",
     )
     p.add_argument("--token", help="bearer token for the API (default: $DOCPIPE_API_TOKEN)")
-    p.add_argument(
-        "--tag", action="append", default=[], help="tag the documents (repeatable)"
-    )
+    p.add_argument("--tag", action="append", default=[], help="tag the documents (repeatable)")
     p.add_argument("--metadata", help="a JSON object stored with each document")
     p.set_defaults(func=cmd_ingest)
 
