@@ -133,7 +133,8 @@ async def test_ingest_through_the_api_then_search_finds_the_documents_own_chunk_
             session.get(f"{mocks}/_admin/stats") as response,
         ):
             stats = await response.json()
-        assert stats["request_ids"].get(correlation_id, 0) >= 2  # one embed call per document
+        # Both documents' chunks may share one embeddings request, which lists the id once.
+        assert stats["request_ids"].get(correlation_id, 0) >= 1
     finally:
         await stop(worker)
         await stop(api)

@@ -82,7 +82,16 @@ async def test_a_storm_of_429s_spends_no_attempt_and_kills_no_document(
         await add_documents(pool, total)
         port = free_port()
         log = tmp_path / "worker.log"
-        proc = await spawn_worker(database_url, url, port, log, DOCPIPE_CONCURRENCY="8")
+        # One request per document, so that the storm is many requests long: shared requests
+        # would carry all 30 documents in a handful, and a handful of 60 % 429s proves little.
+        proc = await spawn_worker(
+            database_url,
+            url,
+            port,
+            log,
+            DOCPIPE_CONCURRENCY="8",
+            DOCPIPE_EMBEDDING_SHARED_REQUESTS="false",
+        )
         try:
             await wait_until(processed_all(pool, total), 120, "every document processed")
             rate_limited = await metric(port, "docpipe_quota_rate_limited_total", pipeline="p")

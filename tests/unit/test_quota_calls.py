@@ -14,6 +14,7 @@ from docpipe_contracts.errors import PermanentError, TransientError
 from docpipe_providers.external_requests import QuotaExhaustedError, RateLimitedError
 from docpipe_providers.quota import LocalBudget, QuotaKey, QuotaLimits
 from docpipe_providers.quota_calls import (
+    JOBS_WAITING,
     QuotaGate,
     estimate_tokens,
     limits_from_headers,
@@ -222,3 +223,21 @@ async def test_waiting_for_budget_is_counted_and_reported() -> None:
 
     assert sum(waits) > 0.3
     assert sample("docpipe_quota_wait_seconds_total", "budget") == pytest.approx(sum(waits))
+
+
+async def test_a_wait_shared_by_several_jobs_counts_once_per_job() -> None:
+    quota = gate("shared-wait", limits=QuotaLimits(120, None))
+    waits: list[float] = []
+    send, _ = answers("ok")
+
+    async def shared_request() -> None:
+        JOBS_WAITING.set(3)  # as `batching` sets it for a request carrying three jobs' texts
+        for _ in range(3):
+            await quota.call(send, waited=waits.append)
+
+    await asyncio.create_task(shared_request())
+
+    assert sum(waits) > 0.2
+    assert sample("docpipe_quota_wait_seconds_total", "shared-wait") == pytest.approx(
+        3 * sum(waits)
+    )

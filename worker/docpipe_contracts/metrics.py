@@ -115,7 +115,8 @@ QUOTA_USED = MetricSpec(
 QUOTA_WAIT_SECONDS = MetricSpec(
     "counter",
     "docpipe_quota_wait_seconds",
-    "Time this worker's provider calls spent waiting for quota budget.",
+    "Job-seconds this worker's jobs spent waiting for quota budget (a wait shared by n jobs"
+    " counts n times).",
     ("pipeline", "provider", "quota"),
 )
 QUOTA_RATE_LIMITED = MetricSpec(

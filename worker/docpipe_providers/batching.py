@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from docpipe_contracts import correlation
 from docpipe_contracts.errors import PermanentError
 from docpipe_providers import usage
-from docpipe_providers.quota_calls import estimate_tokens
+from docpipe_providers.quota_calls import JOBS_WAITING, estimate_tokens
 
 # Statuses by which a service refuses a request for what it holds: worth finding whose input it was.
 INPUT_REFUSED = frozenset({400, 413, 422})
@@ -258,6 +258,7 @@ class SharedRequests:
         # writes repeated header values), so the service's logs still match each of them.
         ids = list(dict.fromkeys(i.caller.correlation_id for i in batch if i.caller.correlation_id))
         correlation.CURRENT.set(", ".join(ids) if ids else None)
+        JOBS_WAITING.set(len(dict.fromkeys(item.caller for item in batch)))
         self.requests_sent += 1
         embedded = await self._send([item.text for item in batch])
         if len(embedded.vectors) != len(batch):

@@ -13,6 +13,7 @@ budget's own wait, so cancelling the job (lease lost, SIGTERM drain) ends it at 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -34,6 +35,15 @@ DEFAULT_RETRY_AFTER_S = 1.0
 
 Waited = Callable[[float], None]
 T = TypeVar("T")
+
+# How many jobs wait on the provider call under way: a request shared by several jobs
+# (`batching`) sets it, so that its wait for budget counts once per waiting job. The operator
+# subtracts these job-seconds from the jobs' busy time to find what a worker could do unthrottled
+# (the quota ceiling, `scaling.quota_ceiling`); counted once per request, a shared wait would
+# look like work.
+JOBS_WAITING: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "docpipe_jobs_waiting", default=1
+)
 
 
 def quota_name(key: QuotaKey) -> str:
@@ -158,7 +168,7 @@ class QuotaGate:
 
     def _count_wait(self, seconds: float, waited: Waited | None) -> None:
         if seconds > 0:
-            self._m_wait.inc(seconds)
+            self._m_wait.inc(seconds * JOBS_WAITING.get())
             if waited is not None:
                 waited(seconds)
 
