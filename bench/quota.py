@@ -61,6 +61,7 @@ from tests.support.cluster import (  # noqa: E402
     emulated_cluster,
     pipeline_body,
 )
+from tests.support.databases import fresh_database  # noqa: E402
 from tests.support.emulator import DOCPIPE_RESOURCE, SECRETS, KubernetesApi  # noqa: E402
 from tests.support.fleet import Fleet, kubelet  # noqa: E402
 from tests.support.mocks import serve  # noqa: E402
@@ -72,8 +73,6 @@ from docpipe_mocks.quotas import OpenAIQuotas, QuotaConfig  # noqa: E402
 from docpipe_mocks.server import MockConfig  # noqa: E402
 from docpipe_queue.database import create_pool  # noqa: E402
 from docpipe_queue.documents import add_document  # noqa: E402
-from docpipe_queue.embedded import start_embedded_postgres  # noqa: E402
-from docpipe_queue.migrator import migrate  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -107,24 +106,6 @@ class Setup:
         tpm = math.ceil(tokens / (self.bound_s / 60))
         rpm = math.ceil(2 * self.documents / (self.bound_s / 60))
         return rpm, tpm
-
-
-async def _database(data_dir: Path, name: str) -> str:
-    url = start_embedded_postgres(data_dir)
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"drop database if exists {name}")
-        await conn.execute(f"create database {name}")
-    finally:
-        await conn.close()
-    base, _, query = url.partition("?")
-    db_url = f"{base.rpartition('/')[0]}/{name}" + (f"?{query}" if query else "")
-    conn = await asyncpg.connect(db_url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return db_url
 
 
 async def _backlog(pool: asyncpg.Pool, setup: Setup, pipeline: str) -> None:
@@ -167,7 +148,7 @@ async def _drain(
     *,
     shared_quota: bool,
 ) -> dict[str, Any]:
-    database_url = await _database(data_dir, f"bench_quota_{name}")
+    database_url = await fresh_database(data_dir, f"bench_quota_{name}")
     pipeline = name.replace("_", "-")
     secret = f"db-{pipeline}"
     url = base64.b64encode(database_url.encode()).decode()

@@ -39,13 +39,13 @@ if sys.path and os.path.realpath(sys.path[0] or os.curdir) == str(ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
-import asyncpg  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     NAMESPACE,
     OperatorProcess,
     emulated_cluster,
     pipeline_body,
 )
+from tests.support.databases import fresh_database  # noqa: E402
 from tests.support.documents import feed_documents  # noqa: E402
 from tests.support.emulator import DOCPIPE_RESOURCE, SECRETS, KubernetesApi  # noqa: E402
 from tests.support.fleet import Fleet, kubelet  # noqa: E402
@@ -56,30 +56,10 @@ from docpipe_mocks.server import MockConfig  # noqa: E402
 from docpipe_operator import telemetry  # noqa: E402
 from docpipe_operator.model import RolloutSpec  # noqa: E402
 from docpipe_queue.database import create_pool  # noqa: E402
-from docpipe_queue.embedded import start_embedded_postgres  # noqa: E402
-from docpipe_queue.migrator import migrate  # noqa: E402
 
 REPLICAS = 5  # the default canary share (20 %) makes one of them the canary
 CONCURRENCY = 4
 ARRIVALS_PER_SECOND = 20
-
-
-async def _database(data_dir: Path) -> str:
-    url = start_embedded_postgres(data_dir)
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("drop database if exists bench_rollout")
-        await conn.execute("create database bench_rollout")
-    finally:
-        await conn.close()
-    base, _, query = url.partition("?")
-    db_url = f"{base.rpartition('/')[0]}/bench_rollout" + (f"?{query}" if query else "")
-    conn = await asyncpg.connect(db_url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return db_url
 
 
 async def _claims(
@@ -104,7 +84,7 @@ def _rollout(api: KubernetesApi) -> dict[str, Any]:
 
 
 async def run(data_dir: Path) -> dict[str, Any]:
-    database_url = await _database(data_dir)
+    database_url = await fresh_database(data_dir, "bench_rollout")
     kubeconfig = data_dir / "kubeconfig"
     async with (
         emulated_cluster(kubeconfig) as api,
