@@ -48,10 +48,12 @@ async def test_a_child_deleted_by_hand_is_recreated_from_the_watch_before_the_ne
     deleted = time.monotonic()
     after = await eventually(
         lambda: api.read_object(SERVICES, NAMESPACE, "docs-worker-metrics"),
-        within=5,
+        # Far below the 600 s timer: only the watch can have put it back. A loaded CI machine
+        # once needed more than 5 s.
+        within=30,
         what="the Service to be created again",
     )
-    assert time.monotonic() - deleted < 5
+    assert time.monotonic() - deleted < 30
     assert after["metadata"]["uid"] != before["metadata"]["uid"]
     assert after["spec"] == before["spec"]
 
