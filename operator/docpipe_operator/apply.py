@@ -53,9 +53,9 @@ async def apply_round(
     expected = dict(memory.expected)
     try:
         for change in decided.changes:
-            await _change(client, namespace, change)
-            if change.verb == "create":
-                expected[(change.kind, change.name)] = time.monotonic()
+            created = await _change(client, namespace, change)
+            if created is not None:
+                expected[(change.kind, change.name)] = (time.monotonic(), created)
     except cluster.ApiError as exc:
         error = str(exc)
     memory = replace(memory, expected=expected)
@@ -78,12 +78,14 @@ async def apply_round(
     return replace(memory, status=status)
 
 
-async def _change(client: cluster.KubeClient, namespace: str, change: ChildChange) -> None:
+async def _change(client: cluster.KubeClient, namespace: str, change: ChildChange) -> str | None:
+    """Make one change; the uid of the object a create made (None for any other change)."""
     resource = RESOURCES[change.kind]
     body: dict[str, Any] = dict(change.body or {})
     if change.verb == "create":
         try:
-            await client.create(resource, namespace, body)
+            created = await client.create(resource, namespace, body)
+            return str((created.get("metadata") or {}).get("uid") or "") or None
         except cluster.ApiError as exc:
             # The watch has not shown it yet: it will, and wake the next round.
             if exc.status != 409:
@@ -98,3 +100,4 @@ async def _change(client: cluster.KubeClient, namespace: str, change: ChildChang
         await client.merge_patch(resource, namespace, change.name, body)
     elif change.verb == "delete":
         await client.delete(resource, namespace, change.name)
+    return None

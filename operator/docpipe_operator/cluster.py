@@ -227,9 +227,11 @@ class KubeClient:
         except NotFoundError:
             return None
 
-    async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
-        """Create an object."""
-        await self._call("create", resource, namespace=namespace, body=body)
+    async def create(
+        self, resource: Resource, namespace: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Create an object; the object as stored."""
+        return await self._call("create", resource, namespace=namespace, body=body)
 
     async def merge_patch(
         self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]

@@ -115,6 +115,9 @@ class Children:
 
     objects: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     pods: tuple[Mapping[str, Any], ...] = ()
+    # (kind, name) → the uid of the last object of that name the watches showed, even if they
+    # showed it deleted since: what satisfies a create's expectation.
+    shown: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> Mapping[str, Any] | None:
         """One child, or None when the watch has not seen it (or saw it deleted)."""
@@ -158,8 +161,9 @@ class Memory:
     # The status as last written (or read at the first round): the round is its only writer, so
     # this is never older than what the watch shows.
     status: DocumentPipelineStatus | None = None
-    # Children created and not yet shown by their watch: (kind, name) → when (monotonic).
-    expected: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    # Children created and not yet shown by their watch: (kind, name) → when (monotonic) and
+    # the uid the create returned.
+    expected: Mapping[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
 
 
 # ---- What a round does ----
@@ -310,11 +314,7 @@ def decide(
                 failure_hold_seconds=hold,
             )
         )
-    expected = {
-        key: at
-        for key, at in memory.expected.items()
-        if key not in children.objects and now - at < EXPECTATION_SECONDS
-    }
+    expected = pending_expectations(memory.expected, children, now)
     changes = child_changes(wanted, children, pipeline.owner, expected=frozenset(expected))
     canary = rendering.canary_name(pipeline.name)
     canary_seen = children.get("Deployment", canary)
@@ -426,6 +426,21 @@ def contains(actual: Any, wanted: Any) -> bool:
             and all(contains(a, w) for a, w in zip(actual, wanted, strict=True))
         )
     return bool(actual == wanted)
+
+
+def pending_expectations(
+    expected: Mapping[tuple[str, str], tuple[float, str]], children: Children, now: float
+) -> dict[tuple[str, str], tuple[float, str]]:
+    """The creates whose watch event has not come yet: neither shown now nor ever shown by uid
+    (a child created, shown and deleted by hand since is created again at once), and younger
+    than `EXPECTATION_SECONDS`."""
+    return {
+        key: (at, uid)
+        for key, (at, uid) in expected.items()
+        if key not in children.objects
+        and children.shown.get(key) != uid
+        and now - at < EXPECTATION_SECONDS
+    }
 
 
 def child_changes(

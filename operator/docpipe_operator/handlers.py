@@ -90,9 +90,14 @@ def _watch_children(registry: kopf.OperatorRegistry, kind: str, resource: cluste
         value = pod_essentials(body) if kind == PODS else dict(body)
         return {(namespace, pipeline): value}
 
-    def changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    def changed(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> None:
         if "state" in memo:
-            _state(memo).wake(namespace, labels.get(rendering.LABEL_PIPELINE))
+            pipeline = labels.get(rendering.LABEL_PIPELINE)
+            if kind != PODS:
+                _state(memo).show(namespace, pipeline, kind, body)
+            _state(memo).wake(namespace, pipeline)
 
     kopf.index(
         group=group,

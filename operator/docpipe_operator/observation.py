@@ -39,8 +39,14 @@ ChildIndexes = Mapping[str, Mapping[tuple[str, str], Iterable[Mapping[str, Any]]
 PODS = "Pod"
 
 
-def children_of(indexes: ChildIndexes, namespace: str, name: str) -> Children:
-    """A pipeline's children as the watches last saw them."""
+def children_of(
+    indexes: ChildIndexes,
+    namespace: str,
+    name: str,
+    shown: Mapping[tuple[str, str], str] | None = None,
+) -> Children:
+    """A pipeline's children as the watches last saw them (`shown`: the uid of the last object
+    of each (kind, name) the watches showed, deleted since or not)."""
     key = (namespace, name)
     objects: dict[tuple[str, str], Mapping[str, Any]] = {}
     pods: tuple[Mapping[str, Any], ...] = ()
@@ -51,7 +57,7 @@ def children_of(indexes: ChildIndexes, namespace: str, name: str) -> Children:
             continue
         for obj in found:
             objects[(kind, obj["metadata"]["name"])] = obj
-    return Children(objects, pods)
+    return Children(objects, pods, dict(shown or {}))
 
 
 def pod_essentials(body: Mapping[str, Any]) -> dict[str, Any]:

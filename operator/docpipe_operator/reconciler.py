@@ -44,6 +44,8 @@ class OperatorState:
     http: aiohttp.ClientSession
     observer: Observer
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    # (namespace, pipeline) → (kind, name) → the uid of the last object the watches showed.
+    shown: dict[tuple[str, str], dict[tuple[str, str], str]] = field(default_factory=dict)
     rounds: int = 0  # rounds run (for the benchmark)
 
     @classmethod
@@ -52,6 +54,16 @@ class OperatorState:
         client = cluster.KubeClient(info)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
         return cls(client, http, Observer(client, http))
+
+    def show(self, namespace: str | None, pipeline: str | None, kind: str, body: Any) -> None:
+        """Note that a watch showed a child (added, changed or deleted): its uid satisfies the
+        expectation of the round that created it, even if it is gone again by the next round."""
+        meta = body.get("metadata") or {}
+        uid, name = meta.get("uid"), meta.get("name")
+        if namespace is None or pipeline is None or (namespace, pipeline) not in self.wakers:
+            return
+        if uid and name:
+            self.shown.setdefault((namespace, pipeline), {})[(kind, name)] = str(uid)
 
     def wake(self, namespace: str | None, name: str | None) -> None:
         """Run the pipeline's round soon (a change to it or to one of its children)."""
@@ -80,7 +92,12 @@ async def run_round(
     apart, whatever the event loop's delays."""
     state.rounds += 1
     pipeline = decision.read_pipeline(body)
-    children = children_of(indexes, pipeline.namespace, pipeline.name)
+    children = children_of(
+        indexes,
+        pipeline.namespace,
+        pipeline.name,
+        state.shown.get((pipeline.namespace, pipeline.name)),
+    )
     now = time.monotonic() if tick is None else tick
     spec = pipeline.spec
     load = None
@@ -164,6 +181,7 @@ async def run_pipeline(
         stop.cancel()
         if state.wakers.get(key) is waker:
             del state.wakers[key]
+            state.shown.pop(key, None)
 
 
 # The Prometheus source's per-revision readings over the last `window_s` seconds.

@@ -36,11 +36,6 @@ async def _settled(api: KubernetesApi, name: str = "docs") -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="open bug (issue 16): a Service deleted by hand is sometimes not recreated from its"
-    " watch event; seen in a fresh-clone CI run and locally, passed in others",
-    strict=False,
-)
 async def test_a_child_deleted_by_hand_is_recreated_from_the_watch_before_the_next_timer_round(
     api: KubernetesApi, operator: OperatorProcess
 ) -> None:

@@ -8,6 +8,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from docpipe_operator import rendering, rollout
 from docpipe_operator.decision import (
     AnalysisWindow,
@@ -20,6 +22,7 @@ from docpipe_operator.decision import (
     deletion_costs,
     judge,
     owned_replicas,
+    pending_expectations,
     read_pipeline,
     round_interval,
     stable_rolled,
@@ -159,6 +162,52 @@ def test_a_child_deleted_by_hand_is_created_again_alone() -> None:
     decided, _ = run(pipeline, without, memory, now=101)
 
     assert [(c.verb, c.kind) for c in decided.changes] == [("create", "Service")]
+
+
+def test_a_child_created_but_not_yet_shown_is_not_created_twice() -> None:
+    pipeline = read_pipeline(body())
+    first, memory = run(pipeline, Children())
+    children = stored(first, ready=1)
+    without = {k: v for k, v in children.objects.items() if k[0] != "Service"}
+    memory = replace(memory, expected={("Service", "docs-worker-metrics"): (100.0, "u-svc")})
+
+    decided, _ = run(pipeline, Children(without), memory, now=101)
+
+    assert decided.changes == ()
+
+
+def test_a_child_shown_by_its_watch_then_deleted_by_hand_is_created_again_at_once() -> None:
+    # The round that created it never saw it: it was shown and deleted between two rounds.
+    pipeline = read_pipeline(body())
+    first, memory = run(pipeline, Children())
+    children = stored(first, ready=1)
+    without = {k: v for k, v in children.objects.items() if k[0] != "Service"}
+    memory = replace(memory, expected={("Service", "docs-worker-metrics"): (100.0, "u-svc")})
+    shown = {("Service", "docs-worker-metrics"): "u-svc"}
+
+    decided, remembered = run(pipeline, Children(without, (), shown), memory, now=101)
+
+    assert [(c.verb, c.kind) for c in decided.changes] == [("create", "Service")]
+    assert remembered.expected == {}
+
+
+@pytest.mark.parametrize(
+    ("shown", "age", "pending"),
+    [
+        ({}, 1.0, True),  # not shown yet: wait for the watch
+        ({("Service", "s"): "older-uid"}, 1.0, True),  # an older object of the name was shown
+        ({("Service", "s"): "u-1"}, 1.0, False),  # shown (and gone again): no longer pending
+        ({}, 31.0, False),  # the watch never showed it: stop waiting
+    ],
+)
+def test_an_expectation_holds_until_its_uid_is_shown_or_it_expires(
+    shown: dict[tuple[str, str], str], age: float, pending: bool
+) -> None:
+    expected = {("Service", "s"): (100.0, "u-1")}
+    left = pending_expectations(expected, Children({}, (), shown), now=100.0 + age)
+    assert (("Service", "s") in left) is pending
+    present = Children({("Service", "s"): {"metadata": {"name": "s"}}})
+    assert pending_expectations(expected, present, now=100.0 + age) == {}
 
 
 def test_a_child_edited_by_hand_is_patched_back() -> None:
@@ -401,3 +450,23 @@ def test_a_status_patch_replaces_keys_the_new_status_drops() -> None:
     assert status_patch(after, after) is None
     assert dump(after)["desiredReplicas"] == 2
     assert rendering.worker_name("docs") == "docs-worker"
+
+
+def test_a_status_patch_removes_nested_keys_the_new_status_drops() -> None:
+    # A merge patch merges nested objects: status.rollout.noTraffic of a finished rollout would
+    # stay for ever unless the patch says null.
+    before = DocumentPipelineStatus.model_validate(
+        {
+            "rollout": {
+                "phase": "Progressing",
+                "noTraffic": {"action": "Wait", "since": "2026-01-01T00:00:00Z"},
+            }
+        }
+    )
+    after = DocumentPipelineStatus.model_validate({"rollout": {"phase": "Promoted"}})
+
+    patch = status_patch(before, after)
+
+    assert patch is not None
+    assert patch["status"]["rollout"]["phase"] == "Promoted"
+    assert patch["status"]["rollout"]["noTraffic"] is None
