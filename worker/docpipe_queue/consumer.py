@@ -11,14 +11,13 @@ import enum
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from docpipe_contracts.errors import LeaseLostError, PermanentError, TransientError
-from docpipe_queue import heartbeat, metrics, rescue
+from docpipe_queue import heartbeat, metrics, rescue, shares
 from docpipe_queue import jobs as queue
 from docpipe_queue.completions import Completions
 from docpipe_queue.connectivity import DB_ERRORS, Connectivity
@@ -36,6 +35,9 @@ class Outcome(enum.Enum):
     ACK = "ack"
     # The handler already completed the job in its own transaction (queue.complete with its lease).
     COMPLETED = "completed"
+    # The handler gave the job back to the queue under its lease, unfinished, its progress kept
+    # (queries.HAND_BACK: a large document between parts); the slot is free for the next job.
+    HANDED_BACK = "handed_back"
 
 
 Handler = Callable[[ClaimedJob], Awaitable[Outcome | None]]
@@ -73,9 +75,10 @@ class ConsumerConfig:
     # A canary's failures hand the attempt back and never make a job dead: a bad revision must
     # not use up the attempts of the jobs it touches (the stable revision retries them).
     count_failures: bool = True
-    # A failed job keeps its slot until this long after its claim, so a worker that fails fast
-    # claims no faster than one that works (the operator sets it on canaries).
-    failure_hold_s: float = 0.0
+    # A canary's share of the pipeline's jobs (0 < weight <= 1; the operator sets it on canaries):
+    # it claims only the jobs of its share (docpipe_queue.shares), whatever its speed, and the
+    # stable workers leave them to it for up to one lease. None: a stable worker.
+    canary_weight: float | None = None
     # Owners take turns within the pipeline (ADR 0006); False: priority then age, whoever the
     # owner (the order before fair claims, kept for comparison).
     fair_claims: bool = field(default_factory=default_fair_claims)
@@ -90,9 +93,10 @@ class ConsumerConfig:
         for name in ("lease_s", "heartbeat_s", "poll_interval_s", "rescue_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("claim_coalesce_s", "failure_hold_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.canary_weight is not None:
+            shares.buckets_for(self.canary_weight)  # raises on a weight out of range
+        if self.claim_coalesce_s < 0:
+            raise ValueError(f"claim_coalesce_s must be >= 0, got {self.claim_coalesce_s}")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError(
                 f"heartbeat_s ({self.heartbeat_s}) must be shorter than lease_s ({self.lease_s})"
@@ -109,8 +113,9 @@ class Consumer:
         self._connectivity = Connectivity()
         self._running: dict[int, tuple[ClaimedJob, asyncio.Task[None]]] = {}
         self._recording: set[asyncio.Task[None]] = set()
-        # Slots held after a failure (see ConsumerConfig.failure_hold_s).
-        self._held = 0
+        self._canary_buckets = (
+            shares.buckets_for(config.canary_weight) if config.canary_weight is not None else None
+        )
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -160,12 +165,17 @@ class Consumer:
             worker=cfg.worker_id,
         )
         rescuing = rescue.run(self.pool, self._connectivity, interval_s=cfg.rescue_interval_s)
+        if self._canary_buckets is not None:
+            # Before the first claim, so that the stable workers leave the share to it from then.
+            await self._register_share()
         helpers = [
             asyncio.create_task(self._completions.run(), name="docpipe-ack"),
             asyncio.create_task(beat, name="docpipe-heartbeat"),
             asyncio.create_task(rescuing, name="docpipe-rescue"),
             asyncio.create_task(self._notifications.run(), name="docpipe-listen"),
         ]
+        if self._canary_buckets is not None:
+            helpers.append(asyncio.create_task(self._renew_share(), name="docpipe-canary-share"))
         try:
             await self._claim_loop()
             # Stopped: in-flight jobs finish (or drain() cancels them) with heartbeats still on.
@@ -177,6 +187,8 @@ class Consumer:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            if self._canary_buckets is not None:
+                await self._withdraw_share()
             await self._notifications.close()
 
     def stop(self) -> None:
@@ -212,7 +224,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         refill_at: float | None = None
         while not self._stopping.is_set():
-            free = cfg.concurrency - len(self._running) - self._held
+            free = cfg.concurrency - len(self._running)
             if free < low_water:
                 self._slot_freed.clear()
                 if free == 0:
@@ -236,6 +248,7 @@ class Consumer:
                     lease_s=cfg.lease_s,
                     worker=cfg.worker_id,
                     fair=cfg.fair_claims,
+                    canary_buckets=self._canary_buckets,
                 )
             except DB_ERRORS as exc:
                 await self._connectivity.lost("claim", exc)
@@ -262,7 +275,9 @@ class Consumer:
         timeout = self.config.poll_interval_s
         with contextlib.suppress(Exception):
             # A retried job's backoff may end before the next poll: wake for it then.
-            run_after = await queue.next_run_after(self.pool, self.config.pipeline)
+            run_after = await queue.next_run_after(
+                self.pool, self.config.pipeline, canary_buckets=self._canary_buckets
+            )
             if run_after is not None:
                 now = await self.pool.fetchval("select now()")
                 timeout = max(0.0, min(timeout, (run_after - now).total_seconds()))
@@ -281,7 +296,6 @@ class Consumer:
             self._finish(job)
 
     async def _handle(self, job: ClaimedJob) -> None:
-        started = time.monotonic()
         try:
             outcome = await self.handler(job)
         except asyncio.CancelledError:
@@ -292,45 +306,28 @@ class Consumer:
             log.info("lease lost, result dropped: %s", exc, extra={"job_id": job.id})
         except PermanentError as exc:
             await self._fail(job, str(exc), permanent=True, retry_after=None)
-            self._hold_slot(started)
         except asyncpg.DataError as exc:
             # The database refuses what the input became (a value out of range, bytes it cannot
             # store): the same input fails the same way on every attempt.
             message = f"the database refused the document's data ({type(exc).__name__}: {exc})"
             await self._fail(job, message, permanent=True, retry_after=None)
-            self._hold_slot(started)
         except RecursionError as exc:
             # The same input recurses as deep on every attempt: not worth a retry.
             message = f"the document is nested too deeply to process ({type(exc).__name__}: {exc})"
             await self._fail(job, message, permanent=True, retry_after=None)
-            self._hold_slot(started)
         except TransientError as exc:
             await self._fail(job, str(exc), permanent=False, retry_after=exc.retry_after)
-            self._hold_slot(started)
         except DB_ERRORS as exc:
             message = f"database unavailable: {type(exc).__name__}: {exc}"
             await self._fail(job, message, permanent=False, retry_after=None)
         except Exception as exc:
             log.exception("job handler crashed", extra={"job_id": job.id})
             await self._fail(job, f"{type(exc).__name__}: {exc}", permanent=False, retry_after=None)
-            self._hold_slot(started)
         else:
             if outcome is Outcome.COMPLETED:
                 self._m_succeeded.inc()
-            else:
+            elif outcome is not Outcome.HANDED_BACK:
                 self._completions.add(job.lease)
-
-    def _hold_slot(self, started: float) -> None:
-        remaining = self.config.failure_hold_s - (time.monotonic() - started)
-        if remaining <= 0:
-            return
-        self._held += 1
-
-        def release() -> None:
-            self._held -= 1
-            self._slot_freed.set()
-
-        asyncio.get_running_loop().call_later(remaining, release)
 
     def _finish(self, job: ClaimedJob) -> None:
         if self._running.pop(job.id, None) is not None:
@@ -350,6 +347,7 @@ class Consumer:
                     delay_s=delay,
                     permanent=permanent,
                     counted=self.config.count_failures,
+                    revision=self.config.revision,
                 )
                 break
             except Exception as exc:
@@ -375,6 +373,44 @@ class Consumer:
                 "error": error,
             },
         )
+
+    # -- a canary's share ------------------------------------------------------------------------
+
+    async def _register_share(self) -> None:
+        cfg = self.config
+        assert self._canary_buckets is not None
+        try:
+            await queue.register_canary(
+                self.pool,
+                cfg.pipeline,
+                worker=cfg.worker_id,
+                revision=cfg.revision,
+                buckets=self._canary_buckets,
+                hold_s=cfg.lease_s,
+                lease_s=cfg.lease_s,
+            )
+        except DB_ERRORS as exc:
+            # Unregistered, the canary still claims only its share; the stable workers take the
+            # share too until the next renewal reaches the database.
+            await self._connectivity.lost("canary share", exc)
+            return
+        except Exception:
+            log.exception("could not register the canary's share")
+            return
+        self._connectivity.reached()
+
+    async def _renew_share(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            await self._register_share()
+
+    async def _withdraw_share(self) -> None:
+        try:
+            await queue.withdraw_canary(
+                self.pool, self.config.pipeline, worker=self.config.worker_id
+            )
+        except Exception as exc:  # the row expires after one lease by itself
+            log.warning("could not withdraw the canary's share: %s", exc)
 
     # -- what the heartbeat asks ----------------------------------------------------------------
 

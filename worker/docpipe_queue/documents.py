@@ -45,6 +45,7 @@ async def add_document(
     source_url: str | None = None,
     metadata: dict[str, Any] | None = None,
     content_key: str | None = None,
+    trace_context: str | None = None,
 ) -> AddedDocument:
     """Store a document and enqueue its ingest job in one transaction.
 
@@ -52,7 +53,8 @@ async def add_document(
     returned as it is, unless `reprocess` asks for its job to run again. Tags, source URL and
     metadata given (not None) are stored, replacing those of a document already there.
     With `content_key` (the original is in object storage under that key) the bytes are not
-    stored here: only their size, hash and the key.
+    stored here: only their size, hash and the key. `trace_context` (a W3C traceparent) goes
+    with the job, for the worker to continue the caller's trace.
     """
     digest = hashlib.sha256(data).hexdigest()
     async with conn.transaction():
@@ -81,8 +83,9 @@ async def add_document(
             )
             if row is not None:
                 return await _enqueue(
-                    conn, row["id"], True, pipeline, owner, correlation_id, max_attempts
-                )
+                    conn, row["id"], True, pipeline, owner, correlation_id, max_attempts,
+                    trace_context,
+                )  # fmt: skip
             row = await conn.fetchrow(
                 "select id, status from docpipe.documents"
                 " where pipeline = $1 and owner = $2 and sha256 = $3",
@@ -104,8 +107,9 @@ async def add_document(
                 return AddedDocument(row["id"], None, False, row["status"])
             if await _requeue(conn, row["id"]):
                 return await _enqueue(
-                    conn, row["id"], False, pipeline, owner, correlation_id, max_attempts
-                )
+                    conn, row["id"], False, pipeline, owner, correlation_id, max_attempts,
+                    trace_context,
+                )  # fmt: skip
         raise RuntimeError(f"document {digest} kept disappearing while it was added")
 
 
@@ -123,7 +127,7 @@ where id = $1 returning id
 # job the one before it queued: at most one job of a document stays active. An advisory lock,
 # not a row lock, so that it is taken before the job rows without taking the document's row.
 _SERIALIZE_REPROCESSING = "select pg_advisory_xact_lock($1, hashtext($2::uuid::text))"
-_REPROCESSING_LOCK_CLASS = 0x6470  # "dp": docpipe's advisory locks on a document
+_REPROCESSING_LOCK_CLASS = queries.REPROCESSING_LOCK_CLASS  # also a revision's reprocessing
 
 
 async def _requeue(conn: Connection, document_id: uuid.UUID) -> bool:
@@ -142,6 +146,7 @@ async def _enqueue(
     owner: str,
     correlation_id: str | None,
     max_attempts: int,
+    trace_context: str | None = None,
 ) -> AddedDocument:
     (job_id,) = await queue.enqueue(
         conn,
@@ -152,6 +157,7 @@ async def _enqueue(
                 owner=owner,
                 correlation_id=correlation_id,
                 max_attempts=max_attempts,
+                trace_context=trace_context,
             )
         ],
     )

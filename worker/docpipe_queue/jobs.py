@@ -36,6 +36,9 @@ class NewJob:
     # Whose work it is: fair claims take turns between owners (ADR 0006). A document's job
     # carries the document's owner; '' is one more owner (jobs of no one in particular).
     owner: str = ""
+    # The W3C traceparent of the span that queued it (docpipe_contracts.tracing): the worker's
+    # job span continues that trace. None when tracing is off.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class ClaimedJob:
     max_attempts: int
     correlation_id: str | None
     owner: str = ""
+    # The traceparent stored with the job (NewJob.trace_context), for the job span's parent.
+    trace_context: str | None = None
 
     @property
     def id(self) -> int:
@@ -107,6 +112,7 @@ async def enqueue(conn: Executor, jobs: Sequence[NewJob]) -> list[int]:
         [j.run_after for j in jobs],
         [j.correlation_id for j in jobs],
         [j.owner for j in jobs],
+        [j.trace_context for j in jobs],
     )
     return [r[0] for r in rows]
 
@@ -126,22 +132,32 @@ async def claim(
     worker: str,
     fair: bool = True,
     after_owner: str | None = None,
+    canary_buckets: int | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to `limit` ready jobs of `pipeline` under one new lease, in claim order.
 
     Fair (the default, ADR 0006): owners take turns, each owner's jobs by priority then age; the
     rotation starts after `after_owner`, by default after the owner this process served last.
     Not fair: by priority then age, whoever the owner.
+    `canary_buckets`: the worker is a canary and claims only its share of the jobs
+    (`docpipe_queue.shares`); None: a stable worker, which leaves a live canary's share to it.
     """
     token = uuid.uuid4()
     if not fair:
         rows = await conn.fetch(
-            queries.CLAIM_IN_ORDER, pipeline, limit, token, float(lease_s), worker
+            queries.CLAIM_IN_ORDER, pipeline, limit, token, float(lease_s), worker, canary_buckets
         )
     else:
         cursor = _rotation.get(pipeline, "") if after_owner is None else after_owner
         rows = await conn.fetch(
-            queries.CLAIM, pipeline, limit, token, float(lease_s), worker, cursor
+            queries.CLAIM,
+            pipeline,
+            limit,
+            token,
+            float(lease_s),
+            worker,
+            cursor,
+            canary_buckets,
         )
         if rows and rows[0]["cursor"] is not None:
             _rotation[pipeline] = rows[0]["cursor"]
@@ -156,6 +172,7 @@ async def claim(
             max_attempts=r[5],
             correlation_id=r[6],
             owner=r[7],
+            trace_context=r["trace_context"],
         )
         for r in rows
     ]
@@ -178,11 +195,13 @@ async def fail(
     delay_s: float,
     permanent: bool = False,
     counted: bool = True,
+    revision: str | None = None,
 ) -> FailOutcome:
     """Record a failed attempt: back to the queue after `delay_s`, or dead when permanent or
-    out of attempts. An uncounted failure (a canary's) gives the attempt back and never kills."""
+    out of attempts. An uncounted failure (a canary's) gives the attempt back and never kills;
+    the job records the canary's `revision` as the one that handed it back."""
     row = await conn.fetchrow(
-        queries.FAIL, lease.job_id, lease.token, error, permanent, float(delay_s), counted
+        queries.FAIL, lease.job_id, lease.token, error, permanent, float(delay_s), counted, revision
     )
     if row is None:
         return FailOutcome(None, None)
@@ -196,6 +215,14 @@ async def release(conn: Executor, leases: Iterable[Lease]) -> set[int]:
         return set()
     rows = await conn.fetch(queries.RELEASE, ids, tokens)
     return {r[0] for r in rows}
+
+
+async def hand_back(conn: Executor, lease: Lease, *, progress: Mapping[str, Any]) -> bool:
+    """Give an unfinished job back to the queue between parts, behind the jobs already ready,
+    with its `progress`: not a failed attempt, no backoff. False when the lease was lost (the job
+    was cancelled, deleted or rescued first)."""
+    row = await conn.fetchval(queries.HAND_BACK, lease.job_id, lease.token, dict(progress))
+    return row is not None
 
 
 async def heartbeat(conn: Executor, leases: Iterable[Lease], *, lease_s: float) -> set[int]:
@@ -259,9 +286,12 @@ async def get(conn: Executor, job_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(queries.GET, job_id)
 
 
-async def next_run_after(conn: Executor, pipeline: str) -> datetime | None:
-    """When the pipeline's earliest queued job becomes ready (None: nothing queued)."""
-    value: datetime | None = await conn.fetchval(queries.NEXT_RUN_AFTER, pipeline)
+async def next_run_after(
+    conn: Executor, pipeline: str, *, canary_buckets: int | None = None
+) -> datetime | None:
+    """When the earliest queued job of the pipeline that this worker may claim becomes
+    claimable (None: nothing queued); `canary_buckets` as in `claim`."""
+    value: datetime | None = await conn.fetchval(queries.NEXT_RUN_AFTER, pipeline, canary_buckets)
     return value
 
 
@@ -296,3 +326,30 @@ async def purge(
         if on_progress is not None:
             on_progress(min(start + ids_per_batch, high + 1) - low, total)
     return deleted
+
+
+async def register_canary(
+    conn: Executor,
+    pipeline: str,
+    *,
+    worker: str,
+    revision: str,
+    buckets: int,
+    hold_s: float,
+    lease_s: float,
+) -> None:
+    """Register (or renew) a canary worker's share of `pipeline` for `lease_s` from now."""
+    await conn.execute(
+        queries.REGISTER_CANARY,
+        pipeline,
+        worker,
+        revision,
+        buckets,
+        float(hold_s),
+        float(lease_s),
+    )
+
+
+async def withdraw_canary(conn: Executor, pipeline: str, *, worker: str) -> None:
+    """Remove a canary worker's share: the stable workers take its jobs from their next claim."""
+    await conn.execute(queries.WITHDRAW_CANARY, pipeline, worker)

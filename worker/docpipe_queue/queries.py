@@ -22,15 +22,34 @@ NOTIFY_CHANNEL = "docpipe_jobs"
 ENQUEUE = """
 insert into docpipe.jobs
     (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
-     owner)
+     owner, trace_context)
 select j.pipeline, j.kind, j.document_id, j.payload, j.priority, j.max_attempts,
-       coalesce(j.run_after, now()), j.correlation_id, j.owner
+       coalesce(j.run_after, now()), j.correlation_id, j.owner, j.trace_context
 from unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::smallint[], $6::int[],
-            $7::timestamptz[], $8::text[], $9::text[])
+            $7::timestamptz[], $8::text[], $9::text[], $10::text[])
     as j(pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
-         owner)
+         owner, trace_context)
 returning id
 """
+
+# The canary's share (migration 0011, docpipe_queue.shares): {buckets} is the claiming worker's
+# share in buckets when it is a canary (DOCPIPE_CANARY_WEIGHT), else null. A canary claims the
+# jobs of its share that no canary handed back; a stable worker claims the others, and those of
+# the share that a canary handed back or that waited longer than the canary's hold. With no live
+# canary row the stable worker's test is `bucket >= 0`: true at once, for every job. The two
+# scalar subqueries run once per claim (InitPlans), an index probe of a table of a few rows.
+SHARE_FILTER = """
+and case when {buckets}::int is not null
+         then ((id % 10000) * 6181) % 10000 < {buckets}::int and handed_back_by is null
+         else ((id % 10000) * 6181) % 10000 >= coalesce(
+                  (select max(s.buckets) from docpipe.canary_shares s
+                   where s.pipeline = $1 and s.expires_at > now()), 0)
+              or handed_back_by is not null
+              or run_after <= now() - make_interval(secs => (
+                  select max(s.hold_s) from docpipe.canary_shares s
+                  where s.pipeline = $1 and s.expires_at > now()))
+     end
+""".strip()
 
 # The fair claim (ADR 0006): owners take turns within a pipeline; priority, then age, orders the
 # jobs of one owner. $6 is the rotation's cursor: the owner served last by the previous claim.
@@ -80,6 +99,7 @@ offered as (
     cross join lateral (
         select id, priority, run_after from docpipe.jobs
         where status = 'queued' and pipeline = $1 and owner = r.owner and run_after <= now()
+          {share}
         order by priority desc, run_after, id
         limit (select ceil($2::numeric / count(*))::int from round)
         for update skip locked
@@ -101,6 +121,7 @@ rest as (
     select id, priority, run_after from docpipe.jobs
     where status = 'queued' and pipeline = $1 and run_after <= now()
       and id not in (select id from picked)
+      {share}
     order by priority desc, run_after, id
     limit $2 - (select count(*) from picked)
     for update skip locked
@@ -120,13 +141,14 @@ claimed as (
         lease_expires_at = now() + make_interval(secs => $4), worker = $5
     where j.id = any(array(select id from next))
     returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts,
-              j.correlation_id, j.owner
+              j.correlation_id, j.owner, j.trace_context
 )
 select c.id, c.kind, c.document_id, c.payload, c.attempts, c.max_attempts, c.correlation_id,
-       c.owner, next.turn, (select owner from picked order by turn desc limit 1) as cursor
+       c.owner, next.turn, (select owner from picked order by turn desc limit 1) as cursor,
+       c.trace_context
 from claimed c join next on next.id = c.id
 order by next.turn
-"""
+""".replace("{share}", SHARE_FILTER.replace("{buckets}", "$7"))
 
 # The order before fair claims (DOCPIPE_FAIR_CLAIMS=false): priority first, then how long the job
 # has been ready, whatever its owner. SKIP LOCKED lets concurrent claimers pass each other's rows
@@ -135,6 +157,7 @@ CLAIM_IN_ORDER = """
 with next as (
     select id from docpipe.jobs
     where status = 'queued' and pipeline = $1 and run_after <= now()
+      {share}
     order by priority desc, run_after, id
     limit $2
     for update skip locked
@@ -145,8 +168,8 @@ set status = 'running', attempts = j.attempts + 1, lease_token = $3,
 from next
 where j.id = next.id
 returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.correlation_id,
-          j.owner
-"""
+          j.owner, j.trace_context
+""".replace("{share}", SHARE_FILTER.replace("{buckets}", "$6"))
 
 COMPLETE = """
 update docpipe.jobs j
@@ -157,7 +180,8 @@ returning j.id
 """
 
 # One statement decides retry or dead, so the decision and the write cannot disagree. A failure
-# that does not count ($6 false: a canary's) hands the attempt back and never makes a job dead.
+# that does not count ($6 false: a canary's) hands the attempt back and never makes a job dead,
+# and records the canary's revision ($7) in handed_back_by: the stable workers retry the job.
 FAIL = """
 update docpipe.jobs j
 set status = case when $6 and ($4 or j.attempts >= j.max_attempts) then 'dead' else 'queued' end,
@@ -165,7 +189,8 @@ set status = case when $6 and ($4 or j.attempts >= j.max_attempts) then 'dead' e
     run_after = case when $6 and ($4 or j.attempts >= j.max_attempts) then j.run_after
                      else now() + make_interval(secs => $5) end,
     finished_at = case when $6 and ($4 or j.attempts >= j.max_attempts) then now() end,
-    last_error = $3, lease_token = null, lease_expires_at = null, worker = null
+    last_error = $3, lease_token = null, lease_expires_at = null, worker = null,
+    handed_back_by = case when $6 then j.handed_back_by else $7::text end
 where j.id = $1 and j.lease_token = $2
 returning j.status, j.run_after
 """
@@ -298,6 +323,8 @@ select id, pipeline, pg_notify('{channel}', pipeline) as notified from requeued
 # takes the job row under the worker's lease (a cancel or rescue that got there first wins; one
 # that comes later waits), replaces the document's chunks, marks the document processed and
 # completes the job. It returns the number of chunks stored, or no row when the lease was lost.
+# Each chunk records its provenance (migration 0010): the worker's revision ($12) and the digest
+# of the settings that produced it ($13).
 # The insert reads the delete's output, which makes Postgres finish the delete first: the new
 # chunks never meet the old ones in the unique index.
 STORE_AND_COMPLETE = """
@@ -313,8 +340,10 @@ removed as (
 ),
 inserted as (
     insert into docpipe.chunks
-        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
-    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding,
+         revision, settings_digest)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding,
+           $12, $13
     from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
         as c(ordinal, content, heading, char_start, char_end, embedding)
     where exists (select 1 from held) and (select count(*) from removed) >= 0
@@ -337,7 +366,7 @@ select (select count(*) from inserted) from held
 GET = """
 select id, pipeline, kind, document_id, payload, priority, status, attempts, max_attempts,
        run_after, lease_expires_at, worker, last_error, correlation_id, created_at, finished_at,
-       progress
+       progress, trace_context
 from docpipe.jobs where id = $1
 """
 
@@ -384,6 +413,7 @@ returning j.id
 # One part's chunks, from ordinal $6 on: the document's chunks at and after it are replaced (the
 # first part, $6 = 0, replaces a previous version's), those before it were stored by earlier
 # parts and stay. Returns the chunks stored, or no row when the lease was lost.
+# Provenance as in STORE_AND_COMPLETE: revision $14, settings digest $15.
 STORE_PART = """
 with held as (
     select id from docpipe.jobs
@@ -397,8 +427,10 @@ removed as (
 ),
 inserted as (
     insert into docpipe.chunks
-        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
-    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding,
+         revision, settings_digest)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding,
+           $14, $15
     from unnest($7::int[], $8::text[], $9::text[], $10::int[], $11::int[], $12::vector[])
         as c(ordinal, content, heading, char_start, char_end, embedding)
     where exists (select 1 from held) and (select count(*) from removed) >= 0
@@ -452,8 +484,46 @@ PARSED_PARTS = """
 select part, content from docpipe.job_parts where job_id = $1 order by part
 """
 
+# A job in parts hands its slot back between parts (docpipe_ingest.parts, DOCPIPE_PART_SLICE_
+# SECONDS): back to the queue under the lease it holds, with its progress $3 and its kept parts,
+# not as a failed attempt (the claim's attempt is given back, as RELEASE does, and no backoff),
+# the same priority and owner, and `run_after = now()`: behind the jobs already ready, so a
+# document queued after it is not stuck behind it. Its canary hand-back mark and last error stay.
+# The lease is cleared, so the worker's heartbeat no longer renews it; a cancel or delete that
+# took the row first wins (no row: the lease was lost), one that comes later cancels it queued.
+HAND_BACK = """
+with handed as (
+    update docpipe.jobs j
+    set status = 'queued', attempts = greatest(j.attempts - 1, 0), run_after = now(),
+        lease_token = null, lease_expires_at = null, worker = null, progress = $3::jsonb
+    where j.id = $1 and j.lease_token = $2 and j.status = 'running'
+    returning j.id, j.pipeline
+)
+select id, pg_notify('{channel}', pipeline) as notified from handed
+""".replace("{channel}", NOTIFY_CHANNEL)
+
+# When the next job this worker may claim becomes claimable ($2: its canary buckets, as in
+# SHARE_FILTER). For a stable worker a job of a live canary's share (not handed back) counts from
+# the end of its hold; a canary counts only the jobs of its share. Without it a worker that found
+# ready jobs it may not claim would claim again at once, in a loop.
 NEXT_RUN_AFTER = """
-select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1
+with share as (
+    select coalesce(max(buckets), 0) as buckets, coalesce(max(hold_s), 0) as hold_s
+    from docpipe.canary_shares where pipeline = $1 and expires_at > now()
+)
+select case
+    when $2::int is null and share.buckets = 0
+    then (select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1)
+    else (select min(case when $2::int is null and ((id % 10000) * 6181) % 10000 < share.buckets
+                               and handed_back_by is null
+                          then run_after + make_interval(secs => share.hold_s)
+                          else run_after end)
+          from docpipe.jobs
+          where status = 'queued' and pipeline = $1
+            and ($2::int is null
+                 or (((id % 10000) * 6181) % 10000 < $2::int and handed_back_by is null)))
+    end
+from share
 """
 
 # Retention: finished jobs older than a cutoff, one primary-key range at a time, so each batch is a
@@ -466,3 +536,84 @@ where id >= $1 and id < $2 and status = any($3::text[])
 """
 
 ID_RANGE = "select min(id), max(id) from docpipe.jobs"
+
+# A canary worker's share (migration 0011): registered when it starts, renewed with its heartbeat
+# (each renewal moves expires_at one lease ahead), withdrawn when it stops. The rows of canaries
+# that stopped without withdrawing (crashed) stop counting when they expire; the pipeline's older
+# than an hour go with the next registration, so the table stays a few rows.
+REGISTER_CANARY = """
+with pruned as (
+    delete from docpipe.canary_shares
+    where pipeline = $1 and worker <> $2 and expires_at < now() - interval '1 hour'
+)
+insert into docpipe.canary_shares
+    (pipeline, worker, revision, buckets, hold_s, renewed_at, expires_at)
+values ($1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6))
+on conflict (pipeline, worker) do update
+set revision = excluded.revision, buckets = excluded.buckets, hold_s = excluded.hold_s,
+    renewed_at = excluded.renewed_at, expires_at = excluded.expires_at
+"""
+
+# A canary that stops withdraws its share: the stable workers, woken by the notification, take
+# its jobs from their next claim on instead of after the hold.
+WITHDRAW_CANARY = """
+with withdrawn as (
+    delete from docpipe.canary_shares where pipeline = $1 and worker = $2 returning pipeline
+)
+select pg_notify('{channel}', pipeline) from withdrawn
+""".replace("{channel}", NOTIFY_CHANNEL)
+
+# Reprocessing the output of a worker revision (docpipe_queue.reprocessing): a batch at a time,
+# each in its own transaction.
+# The next documents, in id order after $3, with a chunk stored by revision $1, in pipeline $2
+# (any when null), at most $4: read from the chunks_revision index (migration 0010).
+REVISION_DOCUMENTS = """
+select distinct document_id from docpipe.chunks
+where revision = $1 and document_id > $3 and ($2::text is null or pipeline = $2)
+order by document_id
+limit $4
+"""
+
+# The advisory lock class on a document that serialises its reprocessing requests (the intake
+# API's, docpipe_queue.documents, and a revision's): each request sees the job the one before it
+# queued.
+REPROCESSING_LOCK_CLASS = 0x6470  # "dp"
+
+# The batch's documents' reprocessing locks ($1: REPROCESSING_LOCK_CLASS), taken in the order of
+# their keys so that two batches locking overlapping documents cannot deadlock.
+LOCK_DOCUMENTS_FOR_REPROCESSING = """
+select count(pg_advisory_xact_lock($1, k)::text)
+from (select hashtext(d::text) as k from unnest($2::uuid[]) as d order by 1) ordered
+"""
+
+# Under those locks, with a fresh snapshot: one ingest job for each document of $1 that has no
+# queued or running job (those will store their chunks anyway), at priority $2, with $3 attempts
+# and correlation id $4; the document goes back to pending, and each job is recorded in the audit
+# trail as a `reprocess` by subject $5 (the statement of docpipe_queue.audit.INSERT_EVENT, set
+# based). Returns the jobs enqueued.
+REPROCESS_DOCUMENTS = """
+with idle as (
+    select d.id, d.pipeline, d.owner from docpipe.documents d
+    where d.id = any($1::uuid[])
+      and not exists (select 1 from docpipe.jobs j
+                      where j.document_id = d.id and j.status in ('queued', 'running'))
+),
+enqueued as (
+    insert into docpipe.jobs
+        (pipeline, kind, document_id, priority, max_attempts, correlation_id, owner)
+    select pipeline, 'ingest', id, $2, $3, $4, owner from idle
+    returning id, pipeline, document_id, owner
+),
+pending as (
+    update docpipe.documents d
+    set status = 'pending', error = null, updated_at = now()
+    from enqueued e
+    where d.id = e.document_id
+),
+audited as (
+    insert into docpipe.audit_events
+        (subject, owner, request_id, action, pipeline, document_id, job_id, outcome, status)
+    select $5, owner, $4, 'reprocess', pipeline, document_id, id, 'ok', 200 from enqueued
+)
+select count(*) from enqueued
+"""

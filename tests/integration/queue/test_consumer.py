@@ -1,12 +1,11 @@
 """The consumer loop against real Postgres: exactly-once completion under concurrency, retries
-and dead jobs, the concurrency bound, slot refills, failure holds, canaries and graceful drain."""
+and dead jobs, the concurrency bound, slot refills, canaries and graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -169,36 +168,6 @@ async def test_a_single_freed_slot_is_refilled_without_waiting_for_others(
     await consumer.drain(grace_s=0)
     await task
     assert started["last"] - started["first"] < 1.0
-
-
-async def test_a_failing_worker_with_a_failure_hold_claims_no_faster_than_the_hold(
-    pool: asyncpg.Pool,
-) -> None:
-    await queue.enqueue(pool, [NewJob(pipeline="p") for _ in range(200)])
-    claims = {"held": 0, "free": 0}
-
-    def failing(key: str) -> Callable[[ClaimedJob], Awaitable[None]]:
-        async def handler(job: ClaimedJob) -> None:
-            claims[key] += 1
-            raise TransientError("broken revision", retry_after=0)
-
-        return handler
-
-    # Two slots, each failure holding its slot for 0.5 s: at most 2 claims per 0.5 s.
-    policy = RetryPolicy(base_s=0.01, cap_s=0.01)
-    held = Consumer(
-        pool,
-        failing("held"),
-        config(concurrency=2, batch_size=2, retry_policy=policy, failure_hold_s=0.5),
-    )
-    async with running(held):
-        await asyncio.sleep(1.2)
-    assert 2 <= claims["held"] <= 6, claims
-    # The same worker without the hold churns through jobs as fast as it can fail them.
-    free = Consumer(pool, failing("free"), config(concurrency=2, batch_size=2, retry_policy=policy))
-    async with running(free):
-        await asyncio.sleep(1.2)
-    assert claims["free"] > 5 * claims["held"], claims
 
 
 async def test_a_canary_consumer_never_makes_a_job_dead(pool: asyncpg.Pool) -> None:

@@ -226,11 +226,11 @@ async def test_stats_count_ready_scheduled_and_running_per_pipeline(pool: asyncp
 @pytest.mark.parametrize(
     ("name", "args", "indexes"),
     [
-        ("CLAIM", ("p", 10, uuid.uuid4(), 30.0, "w", ""), ["jobs_ready_owner", "jobs_ready"]),
-        ("CLAIM_IN_ORDER", ("p", 10, uuid.uuid4(), 30.0, "w"), ["jobs_ready"]),
+        ("CLAIM", ("p", 10, uuid.uuid4(), 30.0, "w", "", None), ["jobs_ready_owner", "jobs_ready"]),
+        ("CLAIM_IN_ORDER", ("p", 10, uuid.uuid4(), 30.0, "w", None), ["jobs_ready"]),
         ("RESCUE", (10,), ["jobs_leased"]),
         ("STATS", (None,), ["jobs_ready", "jobs_leased"]),
-        ("NEXT_RUN_AFTER", ("p",), ["jobs_ready"]),
+        ("NEXT_RUN_AFTER", ("p", None), ["jobs_ready"]),
     ],
 )
 async def test_hot_queries_read_their_partial_index(

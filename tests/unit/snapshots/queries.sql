@@ -52,6 +52,16 @@ offered as (
     cross join lateral (
         select id, priority, run_after from docpipe.jobs
         where status = 'queued' and pipeline = $1 and owner = r.owner and run_after <= now()
+          and case when $7::int is not null
+         then ((id % 10000) * 6181) % 10000 < $7::int and handed_back_by is null
+         else ((id % 10000) * 6181) % 10000 >= coalesce(
+                  (select max(s.buckets) from docpipe.canary_shares s
+                   where s.pipeline = $1 and s.expires_at > now()), 0)
+              or handed_back_by is not null
+              or run_after <= now() - make_interval(secs => (
+                  select max(s.hold_s) from docpipe.canary_shares s
+                  where s.pipeline = $1 and s.expires_at > now()))
+     end
         order by priority desc, run_after, id
         limit (select ceil($2::numeric / count(*))::int from round)
         for update skip locked
@@ -73,6 +83,16 @@ rest as (
     select id, priority, run_after from docpipe.jobs
     where status = 'queued' and pipeline = $1 and run_after <= now()
       and id not in (select id from picked)
+      and case when $7::int is not null
+         then ((id % 10000) * 6181) % 10000 < $7::int and handed_back_by is null
+         else ((id % 10000) * 6181) % 10000 >= coalesce(
+                  (select max(s.buckets) from docpipe.canary_shares s
+                   where s.pipeline = $1 and s.expires_at > now()), 0)
+              or handed_back_by is not null
+              or run_after <= now() - make_interval(secs => (
+                  select max(s.hold_s) from docpipe.canary_shares s
+                  where s.pipeline = $1 and s.expires_at > now()))
+     end
     order by priority desc, run_after, id
     limit $2 - (select count(*) from picked)
     for update skip locked
@@ -92,10 +112,11 @@ claimed as (
         lease_expires_at = now() + make_interval(secs => $4), worker = $5
     where j.id = any(array(select id from next))
     returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts,
-              j.correlation_id, j.owner
+              j.correlation_id, j.owner, j.trace_context
 )
 select c.id, c.kind, c.document_id, c.payload, c.attempts, c.max_attempts, c.correlation_id,
-       c.owner, next.turn, (select owner from picked order by turn desc limit 1) as cursor
+       c.owner, next.turn, (select owner from picked order by turn desc limit 1) as cursor,
+       c.trace_context
 from claimed c join next on next.id = c.id
 order by next.turn;
 
@@ -103,6 +124,16 @@ order by next.turn;
 with next as (
     select id from docpipe.jobs
     where status = 'queued' and pipeline = $1 and run_after <= now()
+      and case when $6::int is not null
+         then ((id % 10000) * 6181) % 10000 < $6::int and handed_back_by is null
+         else ((id % 10000) * 6181) % 10000 >= coalesce(
+                  (select max(s.buckets) from docpipe.canary_shares s
+                   where s.pipeline = $1 and s.expires_at > now()), 0)
+              or handed_back_by is not null
+              or run_after <= now() - make_interval(secs => (
+                  select max(s.hold_s) from docpipe.canary_shares s
+                  where s.pipeline = $1 and s.expires_at > now()))
+     end
     order by priority desc, run_after, id
     limit $2
     for update skip locked
@@ -113,7 +144,7 @@ set status = 'running', attempts = j.attempts + 1, lease_token = $3,
 from next
 where j.id = next.id
 returning j.id, j.kind, j.document_id, j.payload, j.attempts, j.max_attempts, j.correlation_id,
-          j.owner;
+          j.owner, j.trace_context;
 
 -- COMPLETE
 update docpipe.jobs j
@@ -152,13 +183,13 @@ select id from held;
 -- ENQUEUE
 insert into docpipe.jobs
     (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
-     owner)
+     owner, trace_context)
 select j.pipeline, j.kind, j.document_id, j.payload, j.priority, j.max_attempts,
-       coalesce(j.run_after, now()), j.correlation_id, j.owner
+       coalesce(j.run_after, now()), j.correlation_id, j.owner, j.trace_context
 from unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[], $5::smallint[], $6::int[],
-            $7::timestamptz[], $8::text[], $9::text[])
+            $7::timestamptz[], $8::text[], $9::text[], $10::text[])
     as j(pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
-         owner)
+         owner, trace_context)
 returning id;
 
 -- FAIL
@@ -168,15 +199,26 @@ set status = case when $6 and ($4 or j.attempts >= j.max_attempts) then 'dead' e
     run_after = case when $6 and ($4 or j.attempts >= j.max_attempts) then j.run_after
                      else now() + make_interval(secs => $5) end,
     finished_at = case when $6 and ($4 or j.attempts >= j.max_attempts) then now() end,
-    last_error = $3, lease_token = null, lease_expires_at = null, worker = null
+    last_error = $3, lease_token = null, lease_expires_at = null, worker = null,
+    handed_back_by = case when $6 then j.handed_back_by else $7::text end
 where j.id = $1 and j.lease_token = $2
 returning j.status, j.run_after;
 
 -- GET
 select id, pipeline, kind, document_id, payload, priority, status, attempts, max_attempts,
        run_after, lease_expires_at, worker, last_error, correlation_id, created_at, finished_at,
-       progress
+       progress, trace_context
 from docpipe.jobs where id = $1;
+
+-- HAND_BACK
+with handed as (
+    update docpipe.jobs j
+    set status = 'queued', attempts = greatest(j.attempts - 1, 0), run_after = now(),
+        lease_token = null, lease_expires_at = null, worker = null, progress = $3::jsonb
+    where j.id = $1 and j.lease_token = $2 and j.status = 'running'
+    returning j.id, j.pipeline
+)
+select id, pg_notify('docpipe_jobs', pipeline) as notified from handed;
 
 -- HEARTBEAT
 with leases as (
@@ -204,8 +246,28 @@ select min(id), max(id) from docpipe.jobs;
 -- LEASE_STATES
 select id, status, worker, lease_token from docpipe.jobs where id = any($1::bigint[]);
 
+-- LOCK_DOCUMENTS_FOR_REPROCESSING
+select count(pg_advisory_xact_lock($1, k)::text)
+from (select hashtext(d::text) as k from unnest($2::uuid[]) as d order by 1) ordered;
+
 -- NEXT_RUN_AFTER
-select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1;
+with share as (
+    select coalesce(max(buckets), 0) as buckets, coalesce(max(hold_s), 0) as hold_s
+    from docpipe.canary_shares where pipeline = $1 and expires_at > now()
+)
+select case
+    when $2::int is null and share.buckets = 0
+    then (select min(run_after) from docpipe.jobs where status = 'queued' and pipeline = $1)
+    else (select min(case when $2::int is null and ((id % 10000) * 6181) % 10000 < share.buckets
+                               and handed_back_by is null
+                          then run_after + make_interval(secs => share.hold_s)
+                          else run_after end)
+          from docpipe.jobs
+          where status = 'queued' and pipeline = $1
+            and ($2::int is null
+                 or (((id % 10000) * 6181) % 10000 < $2::int and handed_back_by is null)))
+    end
+from share;
 
 -- PARSED_PARTS
 select part, content from docpipe.job_parts where job_id = $1 order by part;
@@ -226,6 +288,18 @@ where id = $1 and lease_token is distinct from $2
                    || ' stopped renewing it (crashed or unreachable)'
 returning id;
 
+-- REGISTER_CANARY
+with pruned as (
+    delete from docpipe.canary_shares
+    where pipeline = $1 and worker <> $2 and expires_at < now() - interval '1 hour'
+)
+insert into docpipe.canary_shares
+    (pipeline, worker, revision, buckets, hold_s, renewed_at, expires_at)
+values ($1, $2, $3, $4, $5, now(), now() + make_interval(secs => $6))
+on conflict (pipeline, worker) do update
+set revision = excluded.revision, buckets = excluded.buckets, hold_s = excluded.hold_s,
+    renewed_at = excluded.renewed_at, expires_at = excluded.expires_at;
+
 -- RELEASE
 with released as (
     update docpipe.jobs j
@@ -236,6 +310,32 @@ with released as (
     returning j.id, j.pipeline
 )
 select id, pg_notify('docpipe_jobs', pipeline) from released;
+
+-- REPROCESS_DOCUMENTS
+with idle as (
+    select d.id, d.pipeline, d.owner from docpipe.documents d
+    where d.id = any($1::uuid[])
+      and not exists (select 1 from docpipe.jobs j
+                      where j.document_id = d.id and j.status in ('queued', 'running'))
+),
+enqueued as (
+    insert into docpipe.jobs
+        (pipeline, kind, document_id, priority, max_attempts, correlation_id, owner)
+    select pipeline, 'ingest', id, $2, $3, $4, owner from idle
+    returning id, pipeline, document_id, owner
+),
+pending as (
+    update docpipe.documents d
+    set status = 'pending', error = null, updated_at = now()
+    from enqueued e
+    where d.id = e.document_id
+),
+audited as (
+    insert into docpipe.audit_events
+        (subject, owner, request_id, action, pipeline, document_id, job_id, outcome, status)
+    select $5, owner, $4, 'reprocess', pipeline, document_id, id, 'ok', 200 from enqueued
+)
+select count(*) from enqueued;
 
 -- REQUEUE_RESTORED
 with requeued as (
@@ -284,6 +384,12 @@ with retried as (
 )
 select id, pg_notify('docpipe_jobs', pipeline) from retried;
 
+-- REVISION_DOCUMENTS
+select distinct document_id from docpipe.chunks
+where revision = $1 and document_id > $3 and ($2::text is null or pipeline = $2)
+order by document_id
+limit $4;
+
 -- SAVE_PARSED_PART
 with held as (
     select id from docpipe.jobs
@@ -301,6 +407,18 @@ set progress = $5::jsonb
 from held
 where j.id = held.id and (select count(*) from saved) >= 0
 returning j.id;
+
+-- SHARE_FILTER
+and case when {buckets}::int is not null
+         then ((id % 10000) * 6181) % 10000 < {buckets}::int and handed_back_by is null
+         else ((id % 10000) * 6181) % 10000 >= coalesce(
+                  (select max(s.buckets) from docpipe.canary_shares s
+                   where s.pipeline = $1 and s.expires_at > now()), 0)
+              or handed_back_by is not null
+              or run_after <= now() - make_interval(secs => (
+                  select max(s.hold_s) from docpipe.canary_shares s
+                  where s.pipeline = $1 and s.expires_at > now()))
+     end;
 
 -- STATS
 with queued as (
@@ -339,8 +457,10 @@ removed as (
 ),
 inserted as (
     insert into docpipe.chunks
-        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
-    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding,
+         revision, settings_digest)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding,
+           $12, $13
     from unnest($6::int[], $7::text[], $8::text[], $9::int[], $10::int[], $11::vector[])
         as c(ordinal, content, heading, char_start, char_end, embedding)
     where exists (select 1 from held) and (select count(*) from removed) >= 0
@@ -372,8 +492,10 @@ removed as (
 ),
 inserted as (
     insert into docpipe.chunks
-        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding)
-    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding
+        (document_id, pipeline, owner, ordinal, content, heading, char_start, char_end, embedding,
+         revision, settings_digest)
+    select $3, $4, $5, c.ordinal, c.content, c.heading, c.char_start, c.char_end, c.embedding,
+           $14, $15
     from unnest($7::int[], $8::text[], $9::text[], $10::int[], $11::int[], $12::vector[])
         as c(ordinal, content, heading, char_start, char_end, embedding)
     where exists (select 1 from held) and (select count(*) from removed) >= 0
@@ -386,3 +508,9 @@ progressed as (
     where j.id = held.id and (select count(*) from inserted) >= 0
 )
 select (select count(*) from inserted) from held;
+
+-- WITHDRAW_CANARY
+with withdrawn as (
+    delete from docpipe.canary_shares where pipeline = $1 and worker = $2 returning pipeline
+)
+select pg_notify('docpipe_jobs', pipeline) from withdrawn;
