@@ -74,6 +74,8 @@ async def test_reprocessing_while_the_worker_stores_the_document_does_not_deadlo
             [0],
             [31],
             [Vector([1.0] * DEFAULT_EMBEDDING_DIMENSIONS)],
+            "rev-1",  # the revision and settings digest the chunks record
+            "0123456789abcdef",
         )
         await transaction.commit()
         again = await asyncio.wait_for(upload, 10)

@@ -21,7 +21,9 @@ from docpipe_ingest.isolation import ParseLimits, ParsePool
 from docpipe_ingest.parsers import LocalParser
 from docpipe_ingest.parts import PartsConfig
 from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline
+from docpipe_providers import usage
 from docpipe_providers.embeddings import OpenAIEmbedder
+from docpipe_queue import metrics as queue_metrics
 from docpipe_queue.consumer import Consumer, ConsumerConfig
 from docpipe_queue.documents import add_document
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS
@@ -104,14 +106,16 @@ async def add(pool: asyncpg.Pool, filename: str, content_type: str, data: bytes)
     return added.document_id
 
 
-async def run_until_finished(pool: asyncpg.Pool, handler: IngestPipeline, timeout_s: float) -> None:
+async def run_until_finished(
+    pool: asyncpg.Pool, handler: IngestPipeline, timeout_s: float, *, concurrency: int = 8
+) -> None:
     consumer = Consumer(
         pool,
         handler,
         ConsumerConfig(
             pipeline="p",
-            concurrency=8,
-            batch_size=8,
+            concurrency=concurrency,
+            batch_size=concurrency,
             # Short: a parse that starved the heartbeats would lose its lease within seconds.
             lease_s=2.0,
             heartbeat_s=0.5,
@@ -277,3 +281,77 @@ async def test_a_large_html_document_is_stored_in_parts_with_its_progress_kept(
         "select count(*) from docpipe.chunks where document_id = $1", doc_id
     )
     assert count == doc["chunk_count"]
+
+
+class SlowWhaleEmbedder:
+    """The mock embeddings service behind `delay_s` of latency per request (a provider's), and a
+    count of what it embedded of the whale (its texts all say "harbour master") and the tokens
+    billed for them."""
+
+    def __init__(self, inner: OpenAIEmbedder, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.whale_texts = 0
+        self.whale_tokens = 0
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        await asyncio.sleep(self.delay_s)
+        meter = usage.current()
+        before = meter.tokens if meter is not None else 0
+        vectors = await self.inner.embed(texts)
+        whale = sum("harbour master" in t for t in texts)
+        if whale:
+            assert whale == len(texts), "a whale's part is embedded on its own"
+            self.whale_texts += whale
+            self.whale_tokens += (meter.tokens if meter is not None else 0) - before
+        return vectors
+
+
+async def test_a_whale_hands_its_slot_back_so_documents_queued_after_it_finish_first(
+    pool: asyncpg.Pool, parser: LocalParser, embedder: OpenAIEmbedder
+) -> None:
+    # One worker with one slot: the whale (360 chunks, 9 parts of 40) is claimed first, the small
+    # documents are queued behind it. Held whole, it would keep the slot to the end.
+    whale_id = await add(pool, "whale.html", "text/html", whale_html(60))
+    small_ids = [
+        await add(pool, f"tide-{i}.md", "text/markdown", markdown_bytes(f"Tide {i}", ["Noon."]))
+        for i in range(4)
+    ]
+    slow = SlowWhaleEmbedder(embedder, delay_s=0.1)
+    parts = PartsConfig(threshold_bytes=10_000, pages=100, chunks=40, slice_s=0.3)
+    lost_before = queue_metrics.JOBS_LEASE_LOST.labels("p", "dev")._value.get()
+    await run_until_finished(pool, pipeline(pool, parser, slow, parts), 90, concurrency=1)
+    done = {
+        r["id"]: r
+        for r in await pool.fetch(
+            "select id, status, chunk_count, processed_at from docpipe.documents"
+        )
+    }
+    assert {d["status"] for d in done.values()} == {"processed"}
+    whale_done = done[whale_id]["processed_at"]
+    assert all(done[s]["processed_at"] < whale_done for s in small_ids), (
+        "a small document waited for the whale to finish"
+    )
+    job = await pool.fetchrow(
+        "select status, attempts, last_error, progress from docpipe.jobs where document_id = $1",
+        whale_id,
+    )
+    assert job is not None
+    assert (job["status"], job["attempts"], job["last_error"]) == ("succeeded", 1, None)
+    progress = job["progress"]
+    assert progress["handed_back"] >= 1
+    assert progress["longest_slot_s"] >= parts.slice_s
+    assert progress["chunks_stored"] == progress["chunks"] == done[whale_id]["chunk_count"] == 360
+    # Every chunk stored exactly once: each embedded once, and the ordinals one each.
+    assert slow.whale_texts == 360
+    ordinals = await pool.fetch(
+        "select ordinal from docpipe.chunks where document_id = $1 order by ordinal", whale_id
+    )
+    assert [r[0] for r in ordinals] == list(range(360))
+    # The document's usage is that of every slice, not of the last one only.
+    tokens = await pool.fetchval(
+        "select embedding_tokens from docpipe.document_usage where document_id = $1", whale_id
+    )
+    assert tokens == slow.whale_tokens > 0
+    assert queue_metrics.JOBS_LEASE_LOST.labels("p", "dev")._value.get() == lost_before
+    assert await pool.fetchval("select count(*) from docpipe.job_parts") == 0

@@ -75,6 +75,86 @@ STAGE_SECONDS = MetricSpec(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 
+# What the pipeline wrote, per revision (issue 18): a revision that completes every job but writes
+# worse output (drops text, shreds it, stores degenerate vectors) shows here. Counters, so the
+# operator differences them between two rounds and compares revisions' ratios (characters per
+# input byte, chunks per document, degenerate vectors per vector). Counted when a document's
+# chunks are stored under the job's lease; an empty document is counted when its job fails.
+OUTPUT_DOCUMENTS = MetricSpec(
+    "counter", "docpipe_output_documents", "Documents completed (chunks stored).", JOB_LABELS
+)
+OUTPUT_INPUT_BYTES = MetricSpec(
+    "counter",
+    "docpipe_output_input_bytes",
+    "Bytes of the originals of the documents completed.",
+    JOB_LABELS,
+)
+OUTPUT_EXTRACTED_CHARS = MetricSpec(
+    "counter",
+    "docpipe_output_extracted_chars",
+    "Characters of text extracted from the documents completed.",
+    JOB_LABELS,
+)
+OUTPUT_CHUNKS = MetricSpec(
+    "counter", "docpipe_output_chunks", "Chunks stored for the documents completed.", JOB_LABELS
+)
+OUTPUT_EMPTY_DOCUMENTS = MetricSpec(
+    "counter",
+    "docpipe_output_empty_documents",
+    "Documents whose extracted text was empty or whitespace (their jobs fail, per attempt).",
+    JOB_LABELS,
+)
+OUTPUT_VECTORS = MetricSpec("counter", "docpipe_output_vectors", "Vectors stored.", JOB_LABELS)
+DEGENERATE_KIND_LABEL = "kind"
+OUTPUT_DEGENERATE_VECTORS = MetricSpec(
+    "counter",
+    "docpipe_output_degenerate_vectors",
+    "Vectors unusable for search, by kind: zero (stored) or non_finite (refused, job retried).",
+    (*JOB_LABELS, DEGENERATE_KIND_LABEL),
+)
+OUTPUT_VECTOR_NORM = MetricSpec(
+    "histogram",
+    "docpipe_output_vector_norm",
+    "L2 norm of the vectors stored (OpenAI's embeddings are unit length).",
+    JOB_LABELS,
+    buckets=(0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1.001, 1.01, 1.1, 2, 10, 100),
+)
+
+# The golden set (issue 18, spec.rollout.goldenSet): a canary worker's comparison of its revision's
+# latest shadow run over the pipeline's sample documents with the stable revision's
+# (docpipe_ingest.golden). Gauges, labelled with the canary's revision; absent until both
+# revisions have run the set.
+GOLDEN_TEXT_OVERLAP = MetricSpec(
+    "gauge",
+    "docpipe_golden_text_overlap",
+    "Share of the stable revision's parsed words (as a multiset) found in the canary's, 0..1.",
+    JOB_LABELS,
+)
+GOLDEN_CHUNK_RATIO = MetricSpec(
+    "gauge",
+    "docpipe_golden_chunk_ratio",
+    "The canary's chunk count over the stable revision's, on the golden documents.",
+    JOB_LABELS,
+)
+GOLDEN_COSINE = MetricSpec(
+    "gauge",
+    "docpipe_golden_cosine",
+    "Mean cosine similarity of the two revisions' embeddings of the same chunks (0: none match).",
+    JOB_LABELS,
+)
+GOLDEN_RECALL = MetricSpec(
+    "gauge",
+    "docpipe_golden_recall",
+    "Recall@k of the golden questions over the canary's chunks, 0..1.",
+    JOB_LABELS,
+)
+GOLDEN_STABLE_RECALL = MetricSpec(
+    "gauge",
+    "docpipe_golden_stable_recall",
+    "Recall@k of the golden questions over the stable revision's chunks, 0..1.",
+    JOB_LABELS,
+)
+
 QUEUE_READY = MetricSpec(
     "gauge",
     "docpipe_queue_ready_jobs",

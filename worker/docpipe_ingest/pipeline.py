@@ -16,15 +16,16 @@ from typing import Protocol
 import asyncpg
 from pgvector import Vector
 
-from docpipe_contracts import correlation
+from docpipe_contracts import correlation, tracing
 from docpipe_contracts.errors import LeaseLostError, PermanentError, TransientError
 from docpipe_ingest import metrics
 from docpipe_ingest.chunking import Chunk, chunk_markdown
 from docpipe_ingest.extraction import EmptyDocumentError
-from docpipe_ingest.parts import PartsConfig, process_in_parts
-from docpipe_providers import metrics as provider_metrics
+from docpipe_ingest.output_quality import DocumentOutput, VectorMeasure, measure_vectors
+from docpipe_ingest.parts import PartsConfig, count_usage, process_in_parts
 from docpipe_providers import usage
 from docpipe_providers.embeddings import Embedder
+from docpipe_providers.llamaparse import EmptyParseError
 from docpipe_providers.object_storage import ObjectStore
 from docpipe_queue import document_usage, queries
 from docpipe_queue.consumer import Outcome
@@ -56,6 +57,10 @@ class DimensionMismatchError(PermanentError):
     """The embedder returns vectors the database column cannot hold."""
 
 
+class NonFiniteVectorError(TransientError):
+    """The embedder returned a vector with a NaN or infinite component (pgvector refuses it)."""
+
+
 class IngestPipeline:
     """The job handler of `docpipe worker` for jobs of kind 'ingest'."""
 
@@ -68,6 +73,7 @@ class IngestPipeline:
         chunking: ChunkingConfig,
         dimensions: int,
         revision: str,
+        settings_digest: str | None = None,
         store_concurrency: int = 8,
         originals: ObjectStore | None = None,
         parts: PartsConfig | None = None,
@@ -78,6 +84,8 @@ class IngestPipeline:
         self.chunking = chunking
         self.dimensions = dimensions
         self.revision = revision
+        # Stored with each chunk beside the revision (docpipe_ingest.provenance); None: unknown.
+        self.settings_digest = settings_digest
         # pgvector's HNSW inserts wait on each other's graph pages more than on the CPU: up to
         # about eight writers store faster than fewer, and than one session copying every job's
         # chunks (ADR 0007); a bound still keeps a burst of jobs from taking every connection.
@@ -98,16 +106,39 @@ class IngestPipeline:
             )
 
     async def __call__(self, job: ClaimedJob) -> Outcome:
+        # The job's span continues the trace of the request that queued it (the traceparent
+        # stored with the job): the stages, the provider calls and the job's log lines are in it.
+        with tracing.span(
+            "ingest job",
+            kind="consumer",
+            parent=tracing.context_from_traceparent(job.trace_context),
+            attributes={
+                "messaging.system": "docpipe",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": job.pipeline,
+                "messaging.message.id": str(job.id),
+                "docpipe.job.id": job.id,
+                "docpipe.job.attempt": job.attempt,
+                "docpipe.document.id": str(job.document_id),
+                "docpipe.revision": self.revision,
+            },
+        ):
+            return await self._process(job)
+
+    async def _process(self, job: ClaimedJob) -> Outcome:
         if job.document_id is None:
             raise PermanentError(f"job {job.id} of kind {job.kind!r} names no document")
         # Each job runs in its own task, so this reaches the job's log lines and its outbound
         # requests (parser, embedder) and nothing else.
         correlation.CURRENT.set(job.correlation_id)
         timer = _StageTimer(job.pipeline, self.revision)
+        started = time.monotonic()
         with timer.stage("load"):
             doc = await self._load(job.document_id)
         if len(doc.content) > self.parts.threshold_bytes:
-            chunk_count = await process_in_parts(self, job, doc, timer)
+            chunk_count = await process_in_parts(self, job, doc, timer, started=started)
+            if chunk_count is None:
+                return Outcome.HANDED_BACK
             log.info(
                 "document processed",
                 extra={
@@ -121,7 +152,7 @@ class IngestPipeline:
             )
             return Outcome.COMPLETED
         # What the providers report for this job's parse and embed requests (cost accounting).
-        with usage.metering() as meter:
+        with usage.metering() as meter, self.counting_empty(job.pipeline):
             with timer.stage("parse"):
                 text = await self.parser.parse(
                     doc.content, filename=doc.filename, content_type=doc.content_type
@@ -138,11 +169,15 @@ class IngestPipeline:
                 )
             with timer.stage("embed"):
                 vectors = await self.embedder.embed([c.text for c in chunks])
-        self._check_vectors(vectors, len(chunks))
+        measure = self.check_vectors(job.pipeline, vectors, len(chunks))
         with timer.stage("store"):
             async with self._store_slots:
                 await self._store(job, doc, chunks, vectors, meter)
-        _count_usage(job.pipeline, meter)
+        count_usage(job.pipeline, meter)
+        metrics.count_vectors(job.pipeline, self.revision, measure)
+        metrics.count_document(
+            job.pipeline, self.revision, DocumentOutput(len(doc.content), len(text), len(chunks))
+        )
         log.info(
             "document processed",
             extra={
@@ -177,6 +212,30 @@ class IngestPipeline:
                 "none configured: set DOCPIPE_ORIGINALS_STORE=s3 and its DOCPIPE_S3_* variables"
             )
         return await self.originals.get(key)
+
+    @contextmanager
+    def counting_empty(self, pipeline: str) -> Iterator[None]:
+        """Count a document found empty (by the parser, or with no chunk) in the output metrics."""
+        try:
+            yield
+        except (EmptyDocumentError, EmptyParseError):
+            metrics.count_empty_document(pipeline, self.revision)
+            raise
+
+    def check_vectors(
+        self, pipeline: str, vectors: Sequence[Sequence[float]], expected: int
+    ) -> VectorMeasure:
+        """Refuse vectors the store cannot hold (count, dimensions, non-finite components);
+        measure those it can for the output metrics."""
+        self._check_vectors(vectors, expected)
+        measure = measure_vectors(vectors)
+        if measure.non_finite:
+            metrics.count_refused_vectors(pipeline, self.revision, measure)
+            raise NonFiniteVectorError(
+                f"embedding service returned {measure.non_finite} of {measure.count} vectors "
+                "with NaN or infinite components; the database cannot store them"
+            )
+        return measure
 
     def _check_vectors(self, vectors: Sequence[Sequence[float]], expected: int) -> None:
         if len(vectors) != expected:
@@ -216,6 +275,8 @@ class IngestPipeline:
                 [c.char_start for c in chunks],
                 [c.char_end for c in chunks],
                 [Vector(list(v)) for v in vectors],
+                self.revision,
+                self.settings_digest,
             )
             if stored is not None:
                 await document_usage.record(
@@ -235,13 +296,6 @@ class IngestPipeline:
 STORE = queries.STORE_AND_COMPLETE
 
 
-def _count_usage(pipeline: str, meter: usage.Usage) -> None:
-    """The job's provider usage into the usage counters, once its document is stored."""
-    if meter.model is not None:
-        provider_metrics.USAGE_TOKENS.labels(pipeline, meter.model).inc(meter.tokens)
-    provider_metrics.USAGE_PAGES.labels(pipeline).inc(meter.pages)
-
-
 class _StageTimer:
     def __init__(self, pipeline: str, revision: str) -> None:
         self._labels = (pipeline, revision)
@@ -251,7 +305,8 @@ class _StageTimer:
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with tracing.span(f"stage {name}", attributes={"docpipe.stage": name}):
+                yield
         finally:
             elapsed = time.perf_counter() - start
             self._times[name] = elapsed

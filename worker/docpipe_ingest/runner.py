@@ -18,11 +18,14 @@ import asyncpg
 from aiohttp import web
 
 from docpipe_contracts.errors import StartupError
+from docpipe_ingest import metrics as ingest_metrics
+from docpipe_ingest.golden import GoldenConfig, golden_loop
 from docpipe_ingest.health import HealthState, build_health_app
 from docpipe_ingest.isolation import ParseLimits, ParsePool
 from docpipe_ingest.parsers import LocalParser
 from docpipe_ingest.parts import PartsConfig
 from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline, Parser
+from docpipe_ingest.provenance import OutputSettings, settings_digest
 from docpipe_ingest.settings import WorkerSettings
 from docpipe_providers.embeddings import Embedder, OpenAIEmbedder
 from docpipe_providers.llamaparse import LlamaParseClient
@@ -51,6 +54,19 @@ def _secret(value: object) -> str:
 
 def _openai_key(settings: WorkerSettings) -> str:
     return _secret(settings.openai_api_key) or "unset"
+
+
+def output_settings(settings: WorkerSettings) -> OutputSettings:
+    """The worker's settings that decide its chunks' text and vectors (their provenance)."""
+    return OutputSettings(
+        parser=settings.parser,
+        chunk_max_chars=settings.chunk_max_chars,
+        chunk_overlap_chars=settings.chunk_overlap_chars,
+        embedding_model=settings.embedding_model,
+        embedding_dimensions=settings.embedding_dimensions,
+        embedding_endpoint=settings.openai_base_url,
+        parser_endpoint=settings.llamaparse_base_url if settings.parser == "llamaparse" else None,
+    )
 
 
 # LlamaParse limits uploads per organisation (key), whatever the parsing mode: one quota per key.
@@ -246,10 +262,14 @@ async def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -
                 chunking=ChunkingConfig(settings.chunk_max_chars, settings.chunk_overlap_chars),
                 dimensions=settings.embedding_dimensions,
                 revision=settings.revision,
+                settings_digest=settings_digest(output_settings(settings)),
                 store_concurrency=settings.store_concurrency,
                 originals=_object_store(settings, session),
                 parts=PartsConfig(
-                    settings.large_document_bytes, settings.part_pages, settings.part_chunks
+                    settings.large_document_bytes,
+                    settings.part_pages,
+                    settings.part_chunks,
+                    settings.part_slice_seconds,
                 ),
             )
             parser = pipeline.parser
@@ -275,6 +295,7 @@ async def _serve(
     handle_signals: bool,
 ) -> None:
     lease = settings.lease_seconds
+    ingest_metrics.expose_output(settings.pipeline, settings.revision)
     consumer = Consumer(
         pool,
         pipeline,
@@ -288,7 +309,7 @@ async def _serve(
             revision=settings.revision,
             retry_policy=RetryPolicy(),
             count_failures=not settings.canary,
-            failure_hold_s=settings.failure_hold_seconds,
+            canary_weight=settings.canary_weight if settings.canary else None,
         ),
     )
     stats_state = {"db_ok": True}
@@ -309,6 +330,7 @@ async def _serve(
         extra={
             "pipeline": settings.pipeline,
             "revision": settings.revision,
+            "settings_digest": pipeline.settings_digest,
             "concurrency": settings.concurrency,
             "metrics": f"http://{settings.metrics_host}:{port}/metrics",
         },
@@ -323,6 +345,17 @@ async def _serve(
         asyncio.create_task(tick()),
         asyncio.create_task(_publish_queue_stats(pool, settings.pipeline, stats_state)),
     ]
+    if settings.golden_dir is not None:
+        # The golden set (spec.rollout.goldenSet): processed in shadow at each interval.
+        golden_config = GoldenConfig(
+            directory=settings.golden_dir,
+            interval_s=settings.golden_interval_seconds,
+            pipeline=settings.pipeline,
+            revision=settings.revision,
+            stable_revision=settings.stable_revision,
+            k=settings.golden_k,
+        )
+        background.append(asyncio.create_task(golden_loop(pool, pipeline, golden_config)))
     run_task = asyncio.create_task(consumer.run())
     drained = asyncio.Event()
 

@@ -6,6 +6,7 @@ non-zero without touching the database or the network.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -34,9 +35,9 @@ class WorkerSettings(BaseSettings):
     lease_seconds: float = Field(60.0, ge=1, le=3600)
     poll_interval_seconds: float = Field(2.0, gt=0, le=300)
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=3600)
-    # Set by the operator on canary workers: see ConsumerConfig.count_failures/failure_hold_s.
+    # Set by the operator on canary workers: see ConsumerConfig.count_failures/canary_weight.
     canary: bool = False
-    failure_hold_seconds: float = Field(0.0, ge=0, le=3600)
+    canary_weight: float | None = Field(None, gt=0, le=1)
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9000, ge=0, le=65535)
@@ -68,6 +69,12 @@ class WorkerSettings(BaseSettings):
     # Chunk stores in flight at once per worker. HNSW inserts wait on each other's index pages
     # more than on the CPU: more writers store more per second (ADR 0007 has the measurements).
     store_concurrency: int = Field(8, ge=1, le=64)
+    # The golden set (docpipe_ingest.golden): its directory, how often it is run, the questions'
+    # k; on a canary, the stable revision it is compared with (all set by the operator).
+    golden_dir: Path | None = None
+    golden_interval_seconds: float = Field(10.0, gt=0, le=3600)
+    golden_k: int = Field(5, ge=1, le=100)
+    stable_revision: str | None = Field(None, min_length=1, max_length=63)
 
     # Provider quotas (ADR 0005). Unset: learned from the provider's headers (OpenAI), else none.
     openai_requests_per_minute: int | None = Field(None, ge=1)
@@ -104,6 +111,8 @@ class WorkerSettings(BaseSettings):
     large_document_bytes: int = Field(2_097_152, ge=1024)
     part_pages: int = Field(100, ge=1, le=100_000)
     part_chunks: int = Field(500, ge=1, le=100_000)
+    # A job in parts hands its slot back between parts after this long holding it (0: never).
+    part_slice_seconds: float = Field(20.0, ge=0, le=86400)
 
     chunk_max_chars: int = Field(1500, ge=100, le=100_000)
     chunk_overlap_chars: int = Field(200, ge=0)

@@ -26,7 +26,7 @@ import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from docpipe_contracts import correlation
+from docpipe_contracts import correlation, tracing
 from docpipe_contracts.errors import PermanentError
 from docpipe_providers import usage
 from docpipe_providers.quota_calls import JOBS_WAITING, estimate_tokens
@@ -59,6 +59,9 @@ class _Caller:
     meter: usage.Usage | None
     correlation_id: str | None
     future: asyncio.Future[list[list[float]]]
+    # The caller's trace context (its job's embed stage, or a search): the shared request's span
+    # is a child of the first caller's and links to every caller's (None: tracing off).
+    trace_context: tracing.Context | None = None
     vectors: list[list[float] | None] = field(init=False)
     remaining: int = field(init=False)
 
@@ -150,7 +153,13 @@ class SharedRequests:
         if not texts:
             return []
         loop = asyncio.get_running_loop()
-        caller = _Caller(texts, usage.current(), correlation.CURRENT.get(), loop.create_future())
+        caller = _Caller(
+            texts,
+            usage.current(),
+            correlation.CURRENT.get(),
+            loop.create_future(),
+            tracing.current_context(),
+        )
         for index, text in enumerate(texts):
             cost = estimate_tokens([text])
             self._queue.append(_Input(caller, index, cost))
@@ -258,9 +267,19 @@ class SharedRequests:
         # writes repeated header values), so the service's logs still match each of them.
         ids = list(dict.fromkeys(i.caller.correlation_id for i in batch if i.caller.correlation_id))
         correlation.CURRENT.set(", ".join(ids) if ids else None)
-        JOBS_WAITING.set(len(dict.fromkeys(item.caller for item in batch)))
+        callers = list(dict.fromkeys(item.caller for item in batch))
+        JOBS_WAITING.set(len(callers))
         self.requests_sent += 1
-        embedded = await self._send([item.text for item in batch])
+        with tracing.span(
+            "embeddings shared request",
+            parent=callers[0].trace_context,
+            links=[caller.trace_context for caller in callers],
+            attributes={
+                "docpipe.embedding.callers": len(callers),
+                "docpipe.embedding.inputs": len(batch),
+            },
+        ):
+            embedded = await self._send([item.text for item in batch])
         if len(embedded.vectors) != len(batch):
             raise PermanentError(
                 f"embeddings: {len(embedded.vectors)} vectors for {len(batch)} inputs"

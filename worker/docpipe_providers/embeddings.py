@@ -223,6 +223,12 @@ class OpenAIEmbedder:
                 headers=self._headers,
                 json_body=body,
                 headers_seen=quota.observe if quota is not None else None,
+                span_attributes={
+                    "gen_ai.operation.name": "embeddings",
+                    "gen_ai.request.model": self._model,
+                    "docpipe.embedding.inputs": len(batch),
+                    "docpipe.embedding.dimensions": self._dimensions,
+                },
             )
 
         async with self._slots:

@@ -10,6 +10,8 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,7 +21,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
-from docpipe_contracts import correlation
+from docpipe_contracts import correlation, tracing
 from docpipe_contracts.errors import PermanentError, TransientError
 from docpipe_providers.metrics import EXTERNAL_REQUESTS
 
@@ -176,6 +178,11 @@ def service_message(body: bytes) -> str:
 
 def _count(service: str, status: str) -> None:
     EXTERNAL_REQUESTS.labels(service=service, status=status).inc()
+    # Every request ends here once, with its outcome: its span (request_model's) records it.
+    outcome: dict[str, tracing.AttributeValue] = {"docpipe.request.outcome": status}
+    if status.isdigit():
+        outcome["http.response.status_code"] = int(status)
+    tracing.annotate(outcome)
 
 
 def _malformed_summary(error: ValidationError) -> str:
@@ -197,11 +204,73 @@ async def request_model(
     json_body: Any = None,
     data: Any = None,
     headers_seen: HeadersSeen | None = None,
+    span_attributes: Mapping[str, tracing.AttributeValue] | None = None,
+    route: str | None = None,
 ) -> ModelT:
     """Send one request to `service` within `request_timeout` seconds and return its 2xx body as
     `response_model`; raise TransientError or PermanentError for every other outcome (on a 429,
     `RateLimitedError` or `QuotaExhaustedError`). `headers_seen` gets the headers of every
-    response, whatever its status (the quota headers come on 429s too)."""
+    response, whatever its status (the quota headers come on 429s too). When tracing, the
+    request is a client span (with `span_attributes`) named after `route`, the URL's path with
+    its ids as placeholders (default: the path), and carries its `traceparent`."""
+    with _client_span(method, url, service, route, span_attributes):
+        if tracing.enabled():
+            headers = dict(headers or {})
+            tracing.inject(headers)
+        return await _request_model(
+            session, method, url, response_model, service=service,
+            request_timeout=request_timeout, headers=headers, json_body=json_body, data=data,
+            headers_seen=headers_seen,
+        )  # fmt: skip
+
+
+def _client_span(
+    method: str,
+    url: str,
+    service: str,
+    route: str | None,
+    extra: Mapping[str, tracing.AttributeValue] | None,
+) -> AbstractContextManager[tracing.Span]:
+    """The span of one request (the shared no-op when tracing is off: nothing built for it)."""
+    if not tracing.enabled():
+        return tracing.span(service)
+    target = URL(url)
+    attributes: dict[str, tracing.AttributeValue] = {
+        "http.request.method": method,
+        "url.full": str(target.with_user(None).with_query(None)),
+        "server.address": target.host or "",
+        "docpipe.service": service,
+        **(extra or {}),
+    }
+    if target.port is not None:
+        attributes["server.port"] = target.port
+    if route is not None:
+        attributes["url.template"] = route
+    resends = RESENDS.get()
+    if resends:
+        attributes["http.request.resend_count"] = resends
+    name = f"{service} {method} {route or target.path}"
+    return tracing.span(name, kind="client", attributes=attributes)
+
+
+# How many times the request being sent went before (a 429 sends it again, `quota_calls`): set
+# by the resending loop, read into the request's span.
+RESENDS: ContextVar[int] = ContextVar("docpipe_request_resends", default=0)
+
+
+async def _request_model(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    response_model: type[ModelT],
+    *,
+    service: str,
+    request_timeout: float,
+    headers: Mapping[str, str] | None,
+    json_body: Any,
+    data: Any,
+    headers_seen: HeadersSeen | None,
+) -> ModelT:
     what = f"{method} {URL(url).path}"
     # The job's correlation id goes along, so the service's logs can be matched with ours.
     correlation_id = correlation.CURRENT.get()

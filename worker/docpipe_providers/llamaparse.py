@@ -4,6 +4,7 @@ markdown."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ from docpipe_providers.external_requests import request_model
 from docpipe_providers.quota_calls import QuotaGate
 
 SERVICE = "llamaparse"
+_JOB_ID = re.compile(r"/job/[^/]+")
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
@@ -26,6 +28,10 @@ _FAILED = frozenset({"ERROR", "CANCELED", "CANCELLED"})
 
 
 LLAMAPARSE_DEFAULT_URL = "https://api.cloud.llamaindex.ai"
+
+
+class EmptyParseError(PermanentError):
+    """The parse succeeded with no text (an empty document, or a parser that lost it)."""
 
 
 class _JobMetadata(BaseModel):
@@ -140,7 +146,7 @@ class LlamaParseClient:
         if pages is not None:
             usage.record_pages(pages)
         if not result.markdown.strip():
-            raise PermanentError(f"{SERVICE}: no text found in {filename!r} (job {job.id})")
+            raise EmptyParseError(f"{SERVICE}: no text found in {filename!r} (job {job.id})")
         return result.markdown
 
     async def _call(
@@ -156,6 +162,7 @@ class LlamaParseClient:
         """One call; `budgeted` ones (uploads) spend a request of the quota, and all of them
         ride out 429s when there is a quota."""
         quota = self._quota
+        step = "upload" if form is not None else "result" if path.endswith("/markdown") else "poll"
 
         async def send() -> _ModelT:
             # Each call gets its own timeout, cut short so that the whole parse keeps its
@@ -173,6 +180,9 @@ class LlamaParseClient:
                 headers=self._headers,
                 data=form() if form is not None else None,
                 headers_seen=quota.observe if quota is not None else None,
+                span_attributes={"docpipe.llamaparse.step": step},
+                # One span name for every job's calls: the job id is a placeholder in it.
+                route=_JOB_ID.sub("/job/{job_id}", path),
             )
 
         if quota is None:

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from docpipe_providers import metrics
 from docpipe_providers.external_requests import (
+    RESENDS,
     QuotaExhaustedError,
     RateLimitedError,
     parse_rate_limit_headers,
@@ -125,6 +126,7 @@ class QuotaGate:
         """`send()` once there is budget for `requests` and `tokens`, and again after each 429,
         until it returns or raises something else. `waited` hears of every wait, in seconds."""
         loop = asyncio.get_running_loop()
+        resends = 0
         while True:
             await self._wait_out_hold(loop, waited)
             if requests or tokens:
@@ -135,6 +137,9 @@ class QuotaGate:
                 if tokens:
                     self._m_used_tokens.inc(tokens)
             sent_at = loop.time()
+            # The request's span counts the sends before it (http.request.resend_count).
+            resent = RESENDS.set(resends)
+            resends += 1
             try:
                 result = await send()
             except RateLimitedError as exc:
@@ -148,6 +153,8 @@ class QuotaGate:
             except QuotaExhaustedError as exc:
                 self._hold(loop, str(exc))
                 continue
+            finally:
+                RESENDS.reset(resent)
             self._resume(sent_at)
             return result
 
