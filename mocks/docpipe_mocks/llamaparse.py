@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from docpipe_mocks import output_faults
+from docpipe_mocks.output_faults import OutputFault, OutputFaultError
 from docpipe_mocks.quotas import QuotaState, bearer_key, retry_after_headers
 
 PATH_PREFIX = "/api/parsing/"
@@ -152,14 +154,33 @@ def _extract_and_count(
 
 
 async def _extract(
-    extract: Extractor, data: bytes, filename: str, content_type: str | None
+    extract: Extractor,
+    data: bytes,
+    filename: str,
+    content_type: str | None,
+    fault: OutputFault | None = None,
 ) -> _Outcome:
     try:
-        return await asyncio.to_thread(_extract_and_count, extract, data, filename, content_type)
+        outcome = await asyncio.to_thread(_extract_and_count, extract, data, filename, content_type)
     except Exception as exc:
         # Whatever the extractor raises ends the job, as the real service reports ERROR.
         _log.info("extraction of %r failed: %s", filename, exc)
         return _Outcome(error=str(exc) or f"internal error while parsing {filename!r}")
+    if fault is None or outcome.markdown is None:
+        return outcome
+    # A successful job with spoiled markdown; the pages parsed (and billed) stay the document's.
+    return _Outcome(
+        markdown=output_faults.degrade_markdown(outcome.markdown, fault), pages=outcome.pages
+    )
+
+
+def _output_fault(request: web.Request) -> OutputFault | None:
+    """The output fault the upload asks for (docpipe_mocks.output_faults), if any."""
+    spec = output_faults.requested_spec(
+        request.match_info.get(output_faults.PATH_PARAMETER),
+        bearer_key(request.headers.get("Authorization")),
+    )
+    return None if spec is None else output_faults.parse_output_fault(spec, "llamaparse")
 
 
 @ROUTES.post("/api/parsing/upload")
@@ -167,6 +188,10 @@ async def upload(request: web.Request) -> web.Response:
     """Accept a multipart `file` and start parsing it; answer with the PENDING job."""
     if not request.content_type.startswith("multipart/"):
         return error_response(400, "The request must be multipart/form-data with a 'file' field.")
+    try:
+        fault = _output_fault(request)
+    except OutputFaultError as error:
+        return error_response(400, str(error))
     form = await request.post()
     upload = form.get("file")
     if not isinstance(upload, web.FileField):
@@ -190,7 +215,7 @@ async def upload(request: web.Request) -> web.Response:
     job = _Job(
         id=str(uuid.uuid4()),
         extraction=asyncio.create_task(
-            _extract(request.app[EXTRACTOR], data, upload.filename, content_type)
+            _extract(request.app[EXTRACTOR], data, upload.filename, content_type, fault)
         ),
     )
     if quotas is not None:
@@ -272,3 +297,7 @@ def install(
 
     app.on_cleanup.append(close_jobs)
     app.add_routes(ROUTES)
+    # The same endpoints under /_faults/<fault>/: uploads there finish with that output fault.
+    for route in ROUTES:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, output_faults.routed_path(route.path), route.handler)

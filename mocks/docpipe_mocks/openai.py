@@ -23,7 +23,9 @@ import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from docpipe_mocks import output_faults
 from docpipe_mocks.embedding import embed_array
+from docpipe_mocks.output_faults import OutputFault, OutputFaultError
 from docpipe_mocks.quotas import (
     QuotaState,
     bearer_key,
@@ -158,10 +160,20 @@ def _parse_dimensions(body: Mapping[str, Any], model: str) -> int:
     return requested
 
 
-def _render(inputs: list[str], *, model: str, dimensions: int, encoding: str) -> bytes:
+def _render(
+    inputs: list[str],
+    *,
+    model: str,
+    dimensions: int,
+    encoding: str,
+    fault: OutputFault | None = None,
+) -> bytes:
     data: list[dict[str, Any]] = []
+    dimensions = output_faults.answered_dimensions(fault, dimensions)
     for index, text in enumerate(inputs):
         vector = embed_array(text, dimensions)
+        if fault is not None:
+            vector = output_faults.degrade_vector(vector, fault)
         embedding: str | list[float]
         if encoding == "base64":
             embedding = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -268,6 +280,7 @@ async def _embeddings(request: web.Request, quota: _Quota | None) -> web.Respons
     try:
         inputs = _parse_inputs(body, settings)
         dimensions = _parse_dimensions(body, model)
+        fault = _output_fault(request)
     except _InvalidRequestError as invalid:
         return error_response(400, invalid.message, param=invalid.param)
     if quota is not None:
@@ -276,14 +289,30 @@ async def _embeddings(request: web.Request, quota: _Quota | None) -> web.Respons
             return refusal
     if sum(len(text) for text in inputs) <= _INLINE_CHARS:
         # A query or a small batch: handing it to a thread would cost more than embedding it.
-        payload = _render(inputs, model=model, dimensions=dimensions, encoding=encoding)
+        payload = _render(
+            inputs, model=model, dimensions=dimensions, encoding=encoding, fault=fault
+        )
     else:
         # Off the event loop: a full batch takes long enough to stall other requests and the
         # admin API.
         payload = await asyncio.to_thread(
-            _render, inputs, model=model, dimensions=dimensions, encoding=encoding
+            _render, inputs, model=model, dimensions=dimensions, encoding=encoding, fault=fault
         )
     return web.Response(body=payload, content_type="application/json")
+
+
+def _output_fault(request: web.Request) -> OutputFault | None:
+    """The output fault the request asks for (docpipe_mocks.output_faults), if any."""
+    spec = output_faults.requested_spec(
+        request.match_info.get(output_faults.PATH_PARAMETER),
+        bearer_key(request.headers.get("Authorization")),
+    )
+    if spec is None:
+        return None
+    try:
+        return output_faults.parse_output_fault(spec, "openai")
+    except OutputFaultError as error:
+        raise _InvalidRequestError(str(error)) from None
 
 
 def install(
@@ -294,3 +323,7 @@ def install(
     if quotas is not None:
         app[QUOTAS] = quotas
     app.add_routes(ROUTES)
+    # The same endpoints under /_faults/<fault>/, answering with that output fault.
+    for route in ROUTES:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, output_faults.routed_path(route.path), route.handler)

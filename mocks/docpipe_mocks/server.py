@@ -5,6 +5,8 @@
 budget and zeroes the quota counts);
 `GET /_admin/stats` counts the services' requests per endpoint and status, and per X-Request-ID,
 and under `quotas` what each API key was served and refused, with a per-second history.
+Every service path is also served under `/_faults/<fault>[=<arg>]/`, answering with that output
+fault (docpipe_mocks.output_faults): successful answers with wrong content.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from docpipe_mocks import llamaparse, openai
 from docpipe_mocks.faults import Fault, FaultConfig, FaultInjector, FaultKind, Service
 from docpipe_mocks.llamaparse import Extractor, LlamaParseSettings, read_text
 from docpipe_mocks.openai import OpenAISettings
+from docpipe_mocks.output_faults import service_path
 from docpipe_mocks.quotas import QuotaConfig, QuotaState, bearer_key, ratelimit_headers
 
 _log = logging.getLogger(__name__)
@@ -124,8 +127,10 @@ def _authorized(request: web.Request, api_key: str | None) -> bool:
 
 @web.middleware
 async def _inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A path under /_faults/<fault>/ is the service's own path with an output fault.
+    path = service_path(request.path)
     service = next(
-        (route for route in request.app[SERVICE_ROUTES] if request.path.startswith(route.prefix)),
+        (route for route in request.app[SERVICE_ROUTES] if path.startswith(route.prefix)),
         None,
     )
     if service is None:
