@@ -55,7 +55,7 @@ from docpipe_api.problems import (
 )
 from docpipe_api.ranking import fuse_ranks, highlight_spans, plan_terms
 from docpipe_api.ratelimit import OwnerLimits, OwnerQuotas, RateLimiter
-from docpipe_contracts import correlation
+from docpipe_contracts import correlation, tracing
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
 from docpipe_contracts.errors import PermanentError, TransientError
 from docpipe_providers.embeddings import Embedder
@@ -144,17 +144,30 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     if action is not None:
         request[_AUDIT] = AuditNote(action)
     token = correlation.CURRENT.set(request_id)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
     try:
-        response = await _answer(request, handler, request_id)
-        if action is not None:
-            await _audit_ending(request, response)
+        # The request's server span: a child of the caller's span when it sent a traceparent.
+        with tracing.span(
+            f"{request.method} {route}",
+            kind="server",
+            parent=tracing.context_from_traceparent(request.headers.get(tracing.TRACEPARENT)),
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route,
+                "url.path": request.path,
+                "docpipe.correlation_id": request_id,
+            },
+        ) as span:
+            response = await _answer(request, handler, request_id)
+            tracing.record_http_status(span, response.status)
+            if action is not None:
+                await _audit_ending(request, response)
     finally:
         correlation.CURRENT.reset(token)
     response.headers[correlation.HEADER] = request_id
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers["X-Content-Type-Options"] = "nosniff"
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
     metrics.API_REQUESTS.labels(route, request.method, str(response.status)).inc()
     metrics.API_REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
     return response
@@ -459,25 +472,30 @@ async def upload_document(request: web.Request) -> web.Response:
         content_key = context.originals.key_for(pipeline, principal.subject, digest)
         await context.originals.put(content_key, data)
 
+    # The job's span in the worker continues this request's trace (its server span).
+    trace_context = tracing.current_traceparent()
+
     async def add() -> tuple[AddedDocument, asyncpg.Record | None]:
         # One transaction: the document, its job and the audit record (add_document's own
         # transaction is a savepoint of it).
         async with context.pool.acquire() as conn, conn.transaction():
-            added = await add_document(
-                conn,
-                pipeline=pipeline,
-                owner=principal.subject,
-                filename=filename,
-                content_type=content_type,
-                data=data,
-                correlation_id=request[_REQUEST_ID],
-                reprocess=reprocess,
-                max_attempts=context.max_attempts,
-                tags=details.tags if "tags" in details.model_fields_set else None,
-                source_url=details.source_url,
-                metadata=details.metadata if "metadata" in details.model_fields_set else None,
-                content_key=content_key,
-            )
+            with _sql("add document"):
+                added = await add_document(
+                    conn,
+                    trace_context=trace_context,
+                    pipeline=pipeline,
+                    owner=principal.subject,
+                    filename=filename,
+                    content_type=content_type,
+                    data=data,
+                    correlation_id=request[_REQUEST_ID],
+                    reprocess=reprocess,
+                    max_attempts=context.max_attempts,
+                    tags=details.tags if "tags" in details.model_fields_set else None,
+                    source_url=details.source_url,
+                    metadata=details.metadata if "metadata" in details.model_fields_set else None,
+                    content_key=content_key,
+                )
             row = await store.get_document(conn, added.document_id, principal.subject)
             if row is not None:
                 note.document_id, note.job_id = added.document_id, added.job_id
@@ -826,9 +844,19 @@ def document_filter(query: SearchRequest) -> store.DocumentFilter:
     )
 
 
+def _sql(operation: str) -> contextlib.AbstractContextManager[tracing.Span]:
+    """A span around one of a search's database round trips."""
+    return tracing.span(
+        f"sql {operation}",
+        kind="client",
+        attributes={"db.system.name": "postgresql", "db.operation.name": operation},
+    )
+
+
 async def _embed_query(context: ApiContext, text: str) -> list[float]:
     try:
-        (vector,) = await context.embedder.embed([text])
+        with tracing.span("search embed query", attributes={"docpipe.query.chars": len(text)}):
+            (vector,) = await context.embedder.embed([text])
     except TransientError as exc:
         retry_after = str(max(1, math.ceil(exc.retry_after or 1)))
         raise ProblemError(
@@ -854,13 +882,15 @@ async def _keyword_ranking(
     documents: store.DocumentFilter,
 ) -> list[tuple[int, float]]:
     async with context.pool.acquire() as conn:
-        terms = await store.query_terms(conn, pipeline, text)
+        with _sql("query terms"):
+            terms = await store.query_terms(conn, pipeline, text)
         if not terms:
             return []
         plan = plan_terms(terms, await context.term_shares.get(conn))
-        return await store.keyword_ranking(
-            conn, plan, pipeline=pipeline, owner=owner, limit=limit, documents=documents
-        )
+        with _sql("keyword ranking"):
+            return await store.keyword_ranking(
+                conn, plan, pipeline=pipeline, owner=owner, limit=limit, documents=documents
+            )
 
 
 async def search(request: web.Request) -> web.Response:
@@ -884,10 +914,11 @@ async def search(request: web.Request) -> web.Response:
     try:
         if query.mode != "keyword":
             embedding = await _embed_query(context, query.query)
-            vector = await store.vector_ranking(
-                context.pool, embedding, pipeline=pipeline, owner=owner, limit=limit,
-                documents=documents,
-            )  # fmt: skip
+            with _sql("vector ranking"):
+                vector = await store.vector_ranking(
+                    context.pool, embedding, pipeline=pipeline, owner=owner, limit=limit,
+                    documents=documents,
+                )  # fmt: skip
         keyword_hits = await keyword if keyword is not None else []
     finally:
         if keyword is not None and not keyword.done():
@@ -905,7 +936,10 @@ async def search(request: web.Request) -> web.Response:
             k=query.weights.rrf_k,
         )
     ranked = ranked[: query.top_k]
-    rows = await store.hit_rows(context.pool, [chunk for chunk, _ in ranked], owner, query.query)
+    with _sql("hit rows"):
+        rows = await store.hit_rows(
+            context.pool, [chunk for chunk, _ in ranked], owner, query.query
+        )
     hits = []
     for chunk, score in ranked:
         row = rows.get(chunk)

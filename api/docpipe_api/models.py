@@ -123,12 +123,32 @@ class DocumentUsage(_Response):
     )
 
 
+class ChunkProvenance(_Response):
+    """Which worker revision, with which settings, stored some of a document's chunks."""
+
+    revision: str | None = Field(
+        description="the worker revision (DOCPIPE_REVISION) that stored them; null for chunks "
+        "stored before docpipe recorded it"
+    )
+    settings_digest: str | None = Field(
+        description="16 hex characters identifying the parser, chunker and embedder settings "
+        "that produced them (docs/operations.md); null when unknown"
+    )
+    chunks: int = Field(ge=1, description="how many of the document's chunks")
+
+
 class DocumentDetail(Document):
-    """A stored document, where its processing stands, and what processing it cost."""
+    """A stored document, where its processing stands, what processing it cost, and what
+    produced its chunks."""
 
     usage: DocumentUsage | None = Field(
         description="null until the document is processed (and for documents processed by a "
         "docpipe without cost accounting); a reprocessed document shows its latest processing"
+    )
+    provenance: list[ChunkProvenance] = Field(
+        default_factory=list,
+        description="the chunks stored now, grouped by the revision and settings that produced "
+        "them, most chunks first; empty until the document is processed",
     )
 
 

@@ -387,7 +387,11 @@ def build_openapi() -> dict[str, Any]:
                 "Get a document, its processing status and what processing it cost",
                 "read",
                 _responses(
-                    {"200": _json_response("The document and its usage.", DocumentDetail)},
+                    {
+                        "200": _json_response(
+                            "The document, its usage and its provenance.", DocumentDetail
+                        )
+                    },
                     "404",
                     "422",
                 ),

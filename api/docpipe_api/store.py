@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 from pgvector import Vector
 
 from docpipe_api import metrics
-from docpipe_api.models import Document, DocumentDetail, DocumentUsage
+from docpipe_api.models import ChunkProvenance, Document, DocumentDetail, DocumentUsage
 from docpipe_api.ranking import TermPlan, tsquery_literal
 from docpipe_queue import audit, queries
 from docpipe_queue import jobs as queue
@@ -42,6 +42,14 @@ select {", ".join("d." + c.strip() for c in DOCUMENT_COLUMNS.split(","))},
        u.provider_requests, u.embedding_model
 from docpipe.documents d left join docpipe.document_usage u on u.document_id = d.id
 where d.id = $1 and d.owner = $2
+"""
+
+# Who produced the document's chunks (migration 0010): one row per revision and settings.
+DOCUMENT_PROVENANCE = """
+select revision, settings_digest, count(*) as chunks from docpipe.chunks
+where document_id = $1 and owner = $2
+group by revision, settings_digest
+order by chunks desc, revision nulls last, settings_digest nulls last
 """
 
 # Newest first; the cursor is the last row's (created_at, id). The index documents_owner_listing
@@ -143,7 +151,11 @@ async def get_document_detail(
             model=row["embedding_model"],
             cost=prices.cost(tokens, pages),
         )
-    return DocumentDetail.model_validate({**fields, "usage": usage})
+    provenance = [
+        ChunkProvenance(revision=r[0], settings_digest=r[1], chunks=r[2])
+        for r in await conn.fetch(DOCUMENT_PROVENANCE, document_id, owner)
+    ]
+    return DocumentDetail.model_validate({**fields, "usage": usage, "provenance": provenance})
 
 
 async def list_documents(

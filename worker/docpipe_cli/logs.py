@@ -1,5 +1,6 @@
 """Structured logs: one JSON object per line, carrying the `extra` fields a call passes
-(job_id, document_id, correlation_id...), or plain text for a person at a terminal."""
+(job_id, document_id, correlation_id...) and, when tracing, the trace and span ids; or plain text
+for a person at a terminal."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from docpipe_contracts import correlation
+from docpipe_contracts import correlation, tracing
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -31,6 +32,11 @@ class JsonFormatter(logging.Formatter):
             correlation_id = correlation.CURRENT.get()
             if correlation_id is not None:
                 entry["correlation_id"] = correlation_id
+        if "trace_id" not in entry:
+            # Inside a span (tracing on): the line can be found from the trace and back.
+            ids = tracing.current_ids()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from docpipe_cli.logs import configure_logging
+from docpipe_contracts import tracing
 from docpipe_contracts.configuration import SettingsError
 from docpipe_contracts.errors import PermanentError, StartupError
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS, MigrationError, migrate
@@ -134,7 +135,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings(WorkerSettings)
     configure_logging(json_logs=settings.log_format == "json", level=settings.log_level)
-    asyncio.run(run_worker(settings))
+    # On only with an OTLP endpoint set (docs/operations.md "Tracing"); flushed on the way out.
+    resource = {"docpipe.pipeline": settings.pipeline, "docpipe.revision": settings.revision}
+    with tracing.configured("docpipe-worker", attributes=resource):
+        asyncio.run(run_worker(settings))
     return 0
 
 
@@ -201,17 +205,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     from docpipe_cli.devstack import run_dev
 
-    return asyncio.run(
-        run_dev(
-            workers=args.workers,
-            pipeline=args.pipeline,
-            data_dir=Path(args.data_dir) if args.data_dir else None,
-            concurrency=args.concurrency,
-            ingest=[Path(p) for p in args.ingest],
-            once=args.once,
-            mock_latency_ms=args.mock_latency_ms,
+    # The API and the workers of the dev stack run in this process: one service, one tracer.
+    with tracing.configured("docpipe-dev"):
+        return asyncio.run(
+            run_dev(
+                workers=args.workers,
+                pipeline=args.pipeline,
+                data_dir=Path(args.data_dir) if args.data_dir else None,
+                concurrency=args.concurrency,
+                ingest=[Path(p) for p in args.ingest],
+                once=args.once,
+                mock_latency_ms=args.mock_latency_ms,
+            )
         )
-    )
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -256,15 +262,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    from docpipe_operator.runtime import run_operator
+    from docpipe_operator.runtime import run_operator, secrets_policy
 
     liveness = None if args.liveness == "off" else args.liveness
+    try:
+        secrets = secrets_policy(args.secrets, args.secrets_refresh_seconds)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         asyncio.run(
             run_operator(
                 liveness_endpoint=liveness,
                 standalone=args.standalone,
                 namespaces=args.namespace,
+                secret_reads=secrets,
             )
         )
     except kopf.LoginError as exc:
@@ -432,7 +443,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with (
+        tracing.configured("docpipe-api"),
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+    ):
         runner.run(run_api(settings))
     return 0
 
@@ -595,6 +609,36 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_documents(args: argparse.Namespace) -> int:
+    import getpass
+
+    from docpipe_queue import reprocessing
+
+    revision = (args.revision or "").strip()
+    if not revision:
+        raise UsageError("docpipe documents reprocess needs --revision R (a worker revision)")
+
+    async def run() -> int:
+        conn = await _connect(args.database_url)
+        try:
+            return await reprocessing.reprocess_revision(
+                conn,
+                revision=revision,
+                pipeline=args.pipeline,
+                subject=f"cli:{getpass.getuser()}",
+            )
+        finally:
+            await conn.close()
+
+    enqueued = asyncio.run(run())
+    if args.json:
+        print(json.dumps({"revision": revision, "pipeline": args.pipeline, "enqueued": enqueued}))
+    else:
+        where = f" in pipeline {args.pipeline}" if args.pipeline else ""
+        print(f"re-enqueued {enqueued} documents with chunks of revision {revision}{where}")
+    return 0
+
+
 def _row(stats: PipelineStats) -> dict[str, object]:
     return {
         "pipeline": stats.pipeline,
@@ -654,6 +698,18 @@ def build_argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _database_arg(p)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("documents", help="act on stored documents: reprocess a revision's")
+    p.add_argument("action", choices=["reprocess"])
+    p.add_argument(
+        "--revision",
+        help="reprocess: every document with a chunk this worker revision stored (required); "
+        "documents with a queued or running job are left to it",
+    )
+    p.add_argument("--pipeline", help="reprocess: only this pipeline's documents (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _database_arg(p)
+    p.set_defaults(func=cmd_documents)
 
     p = sub.add_parser("audit", help="the intake API's audit trail: retention")
     p.add_argument("action", choices=["purge"])
@@ -857,6 +913,22 @@ def build_argument_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NS",
         help="watch only this namespace (repeat for several; default: every namespace)",
+    )
+    p.add_argument(
+        "--secrets",
+        choices=("read", "none"),
+        default=None,
+        help="read the Secrets pipelines reference, by name, to roll workers when they change "
+        "and to see jobs waiting with no worker (`read`), or never (`none`; needs no RBAC on "
+        "Secrets) (default: $DOCPIPE_SECRETS or read)",
+    )
+    p.add_argument(
+        "--secrets-refresh-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="read each referenced Secret again after this long "
+        "(default: $DOCPIPE_SECRETS_REFRESH_SECONDS or 60)",
     )
     p.set_defaults(func=cmd_operator)
     return parser

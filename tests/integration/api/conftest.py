@@ -118,9 +118,16 @@ def unique_markdown(title: str = "Notes", sentence: str | None = None) -> bytes:
     return f"# {title}\n\n{sentence}\n".encode()
 
 
-async def process_pending(api: Api, pipeline: str = "default", timeout_s: float = 20.0) -> None:
+async def process_pending(
+    api: Api,
+    pipeline: str = "default",
+    timeout_s: float = 20.0,
+    *,
+    revision: str = "test",
+    settings_digest: str | None = None,
+) -> None:
     """Run the real ingest pipeline (local parser, mock embeddings) until no document of
-    `pipeline` is pending or processing."""
+    `pipeline` is pending or processing; its chunks record `revision` and `settings_digest`."""
     import asyncio
 
     from docpipe_ingest.parsers import LocalParser
@@ -142,7 +149,8 @@ async def process_pending(api: Api, pipeline: str = "default", timeout_s: float 
         embedder,
         chunking=ChunkingConfig(max_chars=400, overlap_chars=50),
         dimensions=DEFAULT_EMBEDDING_DIMENSIONS,
-        revision="test",
+        revision=revision,
+        settings_digest=settings_digest,
     )
     consumer = Consumer(
         api.pool,

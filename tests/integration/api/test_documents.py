@@ -234,3 +234,28 @@ async def test_an_unknown_route_and_a_wrong_method_answer_in_json(api: Api) -> N
     status, body, headers = await api.call("PUT", "/v1/jobs/1")
     assert (status, body["error"]["code"]) == (405, "method_not_allowed")
     assert "GET" in headers["Allow"]
+
+
+async def test_a_document_shows_the_revision_and_settings_that_produced_its_chunks(
+    api: Api,
+) -> None:
+    _, body = await api.upload(unique_markdown("Tides", "High water " * 200))
+    document_path = f"/v1/documents/{body['document']['id']}"
+    _, pending, _ = await api.call("GET", document_path)
+    await process_pending(api, revision="r1", settings_digest="0123456789abcdef")
+    # Some chunks of an older release that recorded no provenance.
+    await api.pool.execute(
+        "update docpipe.chunks set revision = null, settings_digest = null"
+        " where id = (select min(id) from docpipe.chunks)"
+    )
+
+    status, document, _ = await api.call("GET", document_path)
+
+    assert pending["provenance"] == []
+    assert status == 200
+    chunks = document["chunk_count"]
+    assert chunks >= 3
+    assert document["provenance"] == [
+        {"revision": "r1", "settings_digest": "0123456789abcdef", "chunks": chunks - 1},
+        {"revision": None, "settings_digest": None, "chunks": 1},
+    ]
