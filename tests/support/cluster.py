@@ -14,8 +14,10 @@ from typing import Any
 import kmock
 import yaml
 
+from docpipe_operator.crd import build_crd
+from docpipe_operator.observation import SecretsPolicy
 from docpipe_operator.runtime import run_operator
-from tests.support.emulator import DOCPIPE_RESOURCE, KubernetesApi
+from tests.support.emulator import CRDS, DOCPIPE_RESOURCE, KubernetesApi
 from tests.support.ports import free_port
 
 NAMESPACE = "default"
@@ -23,11 +25,15 @@ NAMESPACE = "default"
 
 @contextlib.asynccontextmanager
 async def emulated_cluster(kubeconfig: Path) -> AsyncIterator[KubernetesApi]:
-    """The emulated API server on 127.0.0.1 with namespace `default` and the cluster-wide peering
-    object; a kubeconfig for it is written to `kubeconfig` (point KUBECONFIG at it)."""
+    """The emulated API server on 127.0.0.1 with namespace `default`, the DocumentPipeline CRD
+    and the cluster-wide peering object; a kubeconfig for it is written to `kubeconfig` (point
+    KUBECONFIG at it)."""
     api = KubernetesApi()
     async with api, kmock.Server(api) as server:
         api.create_object("/v1/namespaces", None, {"metadata": {"name": NAMESPACE}})
+        # The DocumentPipeline CRD, as `kubectl apply -f crds/` installs it: the emulator then
+        # prunes, defaults and validates pipelines as the API server does.
+        api.create_object(CRDS, None, build_crd())
         api.create_object(
             "kopf.dev/v1/clusterkopfpeerings", None, {"metadata": {"name": "docpipe"}}
         )
@@ -50,6 +56,7 @@ class OperatorProcess:
 
     liveness_url: str
     namespaces: tuple[str, ...] = ()  # served namespaces; none: every namespace
+    secret_reads: SecretsPolicy | None = None  # None: the environment's (default: read, 60 s)
     task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -63,6 +70,7 @@ class OperatorProcess:
                 ready_flag=ready,
                 priority=100,
                 namespaces=self.namespaces,
+                secret_reads=self.secret_reads,
             )
         )
         done, _ = await asyncio.wait(

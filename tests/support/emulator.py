@@ -11,9 +11,24 @@ kubectl) depend on it (see shared/notes/kubernetes-emulation.md for what kmock l
 - merge, strategic-merge (as merge) and JSON patches; the status subresource is separate from the
   main resource (each ignores the other's changes);
 - lists carry `kind` and `resourceVersion`, and honour label and field selectors; watches are
-  JSON lines, replay from `resourceVersion`, honour selectors and `timeoutSeconds`;
-- deletion waits for finalizers, then the garbage collector removes dependents by owner uid;
+  JSON lines, replay from `resourceVersion`, honour selectors and `timeoutSeconds`; a streaming
+  list (`sendInitialEvents=true`, kubectl's wait) ends its initial events with the bookmark;
+- deletion waits for finalizers, then the garbage collector removes dependents by owner uid
+  (background propagation; `Foreground` keeps the owner until its dependents are gone, `Orphan`
+  leaves them without the owner reference);
+- a CustomResourceDefinition, once created, is enforced on its resource as the API server
+  enforces it (`apiserver_schema`): pruning of unknown fields (`fieldValidation=Strict` refuses
+  them with 400, `Warn`, the default, answers a Warning header), defaults, the structural schema
+  and the CEL rules (422 with `details.causes`), ratcheting on updates; a test can store an object
+  the schema refuses with `validate=False` (as if it predated today's CRD);
+- the scale subresource of Deployments and of a CRD that declares one;
+- Table output (`as=Table`) with a CRD's printer columns, so `kubectl get` shows them
+  (`apiserver_table`);
+- resource quantities in Pods and Deployments come back canonical (`quantities`: 0.5 → 500m);
+- /version reports the chart's minimum Kubernetes version (helm/docpipe/Chart.yaml);
 - each (API group, resource, verb) served is recorded in `calls`, for checking RBAC;
+- each request's bearer token is counted in `tokens`; with `expected_tokens` set, a request
+  without one of those is answered 401 (for the login tests);
 - kmock's request history is trimmed, since each request re-filters it.
 
 It leans on kmock internals (`_handle`, `_serve_version`, `_requests`): kmock is pinned.
@@ -29,7 +44,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +52,11 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 from kmock._internal import rendering
+
+from tests.support import apiserver_schema, apiserver_table
+from tests.support.quantities import QuantityError, canonical_quantity
 
 Obj = dict[str, Any]
 Key = tuple[str, str | None, str]  # "group/version/plural", namespace, name
@@ -81,6 +100,15 @@ EXTRA_RESOURCES: dict[str, kmock.ResourceInfo] = {
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     ),
 }
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+# Resources whose pod templates carry resource quantities the server canonicalises.
+POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
+    PODS: ("spec",),
+    DEPLOYMENTS: ("spec", "template", "spec"),
+    "apps/v1/replicasets": ("spec", "template", "spec"),
+    "apps/v1/statefulsets": ("spec", "template", "spec"),
+}
+CHART = Path(__file__).resolve().parents[2] / "helm" / "docpipe" / "Chart.yaml"
 EVENT_LOG_SIZE = 20_000
 REQUEST_HISTORY_KEPT = 50
 
@@ -102,6 +130,38 @@ def parse_path(path: str) -> tuple[str, str | None, str | None, str | None] | No
     return f"{group}/{version}/{plural}", namespace, name, subresource
 
 
+def chart_minimum_version(chart: Path = CHART) -> tuple[int, int, int]:
+    """The oldest Kubernetes the chart supports (its `kubeVersion: ">=1.30.0-0"`)."""
+    constraint = str(yaml.safe_load(chart.read_text(encoding="utf-8"))["kubeVersion"])
+    found = re.search(r">=\s*v?(\d+)\.(\d+)(?:\.(\d+))?", constraint)
+    if found is None:
+        raise ValueError(f"{chart}: kubeVersion {constraint!r} has no lower bound")
+    return int(found[1]), int(found[2]), int(found[3] or 0)
+
+
+def canonicalise_quantities(rkey: str, kind: str, obj: Obj) -> None:
+    """Write the resource quantities of a pod (template) in canonical form, in place; raise a
+    400 as the server does for a value that is not a quantity."""
+    pod: Any = obj
+    for part in POD_TEMPLATE_PATHS.get(rkey, ()):
+        pod = pod.get(part) if isinstance(pod, dict) else None
+    if not isinstance(pod, dict) or rkey not in POD_TEMPLATE_PATHS:
+        return
+    for key in ("containers", "initContainers"):
+        for container in pod.get(key) or []:
+            resources = container.get("resources") or {}
+            for amounts in (resources.get("requests") or {}, resources.get("limits") or {}):
+                for name, amount in amounts.items():
+                    try:
+                        amounts[name] = canonical_quantity(amount)
+                    except QuantityError as exc:
+                        version = rkey.split("/")[1]
+                        message = (
+                            f'{kind} in version "{version}" cannot be handled as a {kind}: {exc}'
+                        )
+                        raise ApiFailureError(400, "BadRequest", message) from None
+
+
 def _now() -> str:
     return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -120,11 +180,12 @@ def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
 
 
 class ApiFailureError(Exception):
-    """An API error to answer with a Status object."""
+    """An API error to answer with a Status object (`status`: the whole body, if given)."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, status: Obj | None = None) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+        self.status = status
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -252,6 +313,25 @@ def field_matcher(selector: str | None) -> Callable[[Obj], bool]:
     return check
 
 
+def _with_finalizers(obj: Obj, finalizers: list[str]) -> Obj:
+    obj["metadata"]["finalizers"] = finalizers
+    if not finalizers:
+        del obj["metadata"]["finalizers"]
+    return obj
+
+
+def _with_finalizer(obj: Obj, finalizer: str) -> Obj:
+    return _with_finalizers(obj, [*(obj["metadata"].get("finalizers") or []), finalizer])
+
+
+def _without_owner(obj: Obj, uid: str) -> Obj:
+    refs = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+    obj["metadata"]["ownerReferences"] = refs
+    if not refs:
+        del obj["metadata"]["ownerReferences"]
+    return obj
+
+
 class KubernetesApi(kmock.KubernetesEmulator):
     """kmock's emulator with a store that behaves like the API server (see the module doc)."""
 
@@ -272,8 +352,16 @@ class KubernetesApi(kmock.KubernetesEmulator):
         self._log: list[tuple[int, str, str, Obj]] = []
         self._changed = asyncio.Event()
         self.gone_resources: set[str] = set()
+        # The served versions of each CustomResourceDefinition created here, by resource key.
+        self.crds: dict[str, tuple[Obj, Obj]] = {}  # rkey: (the CRD, its version entry)
+        # Warnings of admission (unknown fields under fieldValidation=Warn), newest last.
+        self.warnings: list[str] = []
         # A kubeconfig that points at this emulator, once one is written (see support.cluster).
         self.kubeconfig: Path | None = None
+        # The bearer token of each request ("" for none) and, when set, the only ones accepted:
+        # any other request is answered 401, as an API server does.
+        self.tokens: collections.Counter[str] = collections.Counter()
+        self.expected_tokens: Container[str] | None = None
 
     # ---- the store: used by the HTTP handlers and directly by tests (as a kubelet would) ----
 
@@ -320,8 +408,18 @@ class KubernetesApi(kmock.KubernetesEmulator):
         obj = self.store.get((rkey, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def create_object(self, rkey: str, namespace: str | None, body: Obj) -> Obj:
-        """Store a new object; raise ApiFailureError 409 if the name is taken."""
+    def create_object(
+        self,
+        rkey: str,
+        namespace: str | None,
+        body: Obj,
+        *,
+        field_validation: str = "Strict",
+        validate: bool = True,
+    ) -> Obj:
+        """Store a new object; raise ApiFailureError 409 if the name is taken, 422 (or 400 for
+        unknown fields under `field_validation="Strict"`) if its CRD's schema refuses it;
+        `validate=False` stores what the schema refuses (as an object older than its rules)."""
         info = self.info(rkey)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -345,9 +443,12 @@ class KubernetesApi(kmock.KubernetesEmulator):
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         obj["apiVersion"] = self._api_version(rkey)
         obj["kind"] = info.kind
+        obj = self._admit(rkey, obj, None, field_validation=field_validation, validate=validate)
         self._bump(obj)
         self.store[key] = obj
         self._emit(rkey, "ADDED", obj)
+        if rkey == CRDS:
+            self._register_crd(obj)
         return copy.deepcopy(obj)
 
     def update_object(
@@ -358,8 +459,11 @@ class KubernetesApi(kmock.KubernetesEmulator):
         change: Callable[[Obj], Obj],
         *,
         subresource: str | None = None,
+        field_validation: str = "Strict",
+        validate: bool = True,
     ) -> Obj:
-        """Apply `change` to a stored object with the API server's rules; return the result."""
+        """Apply `change` to a stored object with the API server's rules (see create_object for
+        `field_validation` and `validate`); return the result."""
         key = (rkey, namespace, name)
         old = self.store.get(key)
         if old is None:
@@ -389,6 +493,7 @@ class KubernetesApi(kmock.KubernetesEmulator):
         else:
             new["metadata"].pop("deletionTimestamp", None)
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        new = self._admit(rkey, new, old, field_validation=field_validation, validate=validate)
 
         def essence(o: Obj) -> Obj:
             return {k: v for k, v in o.items() if k not in ("metadata", "status")}
@@ -404,14 +509,88 @@ class KubernetesApi(kmock.KubernetesEmulator):
             return copy.deepcopy(new)
         self.store[key] = new
         self._emit(rkey, "MODIFIED", new)
+        if rkey == CRDS:
+            self._register_crd(new)
         return copy.deepcopy(new)
 
-    def delete_object(self, rkey: str, namespace: str | None, name: str) -> Obj:
-        """Delete an object: mark it while finalizers remain, else remove it and its dependents."""
+    def _admit(
+        self, rkey: str, obj: Obj, old: Obj | None, *, field_validation: str, validate: bool
+    ) -> Obj:
+        """What the API server makes of an object before storing it: canonical quantities; for a
+        custom resource, pruned, defaulted and validated against its CRD."""
+        canonicalise_quantities(rkey, str(obj.get("kind")), obj)
+        served = self.crds.get(rkey)
+        if served is None:
+            return obj
+        crd, version = served
+        schema = version.get("schema", {}).get("openAPIV3Schema") or {}
+        admitted = apiserver_schema.admit(schema, obj, old)
+        kind, group = crd["spec"]["names"]["kind"], crd["spec"]["group"]
+        if admitted.pruned and field_validation == "Strict":
+            status = apiserver_schema.strict_decoding_status(kind, version["name"], admitted.pruned)
+            raise ApiFailureError(400, "BadRequest", status["message"], status)
+        if field_validation == "Warn":
+            self.warnings += [f'unknown field "{path}"' for path in admitted.pruned]
+        if admitted.errors and validate:
+            name = str(obj.get("metadata", {}).get("name", ""))
+            status = apiserver_schema.invalid_status(group, kind, name, admitted.errors)
+            raise ApiFailureError(422, "Invalid", status["message"], status)
+        return admitted.obj
+
+    def _register_crd(self, crd: Obj) -> None:
+        """Serve and enforce the versions of a CustomResourceDefinition."""
+        spec, names = crd["spec"], crd["spec"]["names"]
+        for version in spec.get("versions") or []:
+            rkey = f"{spec['group']}/{version['name']}/{names['plural']}"
+            if not version.get("served", True):
+                self.crds.pop(rkey, None)
+                continue
+            self.crds[rkey] = (copy.deepcopy(crd), copy.deepcopy(version))
+            self.resources[rkey] = kmock.ResourceInfo(
+                kind=names["kind"],
+                singular=names.get("singular") or names["kind"].lower(),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                shortnames=set(names.get("shortNames") or ()),
+                categories=set(names.get("categories") or ()),
+                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                subresources=set(version.get("subresources") or {}),
+            )
+
+    def delete_object(
+        self, rkey: str, namespace: str | None, name: str, *, propagation: str = "Background"
+    ) -> Obj:
+        """Delete an object: mark it while finalizers remain, else remove it and its dependents
+        (`propagation`: Background, Foreground or Orphan, as in DeleteOptions)."""
         key = (rkey, namespace, name)
         obj = self.store.get(key)
         if obj is None:
             raise ApiFailureError(404, "NotFound", f'{rkey} "{name}" not found')
+        if propagation not in ("Background", "Foreground", "Orphan"):
+            message = (
+                f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: '
+                f'"{propagation}": supported values: "Foreground", "Background", "Orphan"'
+            )
+            raise ApiFailureError(422, "Invalid", message)
+        uid = obj["metadata"]["uid"]
+        if propagation == "Orphan":
+            for dep_key in self._dependents(uid):
+                self.update_object(*dep_key, lambda d: _without_owner(d, uid), validate=False)
+        elif propagation == "Foreground" and self._dependents(uid):
+            if "foregroundDeletion" not in (obj["metadata"].get("finalizers") or []):
+                self.update_object(
+                    *key, lambda o: _with_finalizer(o, "foregroundDeletion"), validate=False
+                )
+            obj = self.store[key]
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = _now()
+                self._bump(obj)
+                self._emit(rkey, "MODIFIED", obj)
+            for dep_key in self._dependents(uid):
+                if dep_key in self.store:
+                    self.delete_object(*dep_key)
+            self._release_foreground(uid)
+            current = self.store.get(key, obj)
+            return copy.deepcopy(current)
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj["metadata"]["deletionTimestamp"] = _now()
@@ -421,10 +600,38 @@ class KubernetesApi(kmock.KubernetesEmulator):
         self._remove(key)
         return copy.deepcopy(obj)
 
+    def _dependents(self, uid: str) -> list[Key]:
+        return [
+            k
+            for k, o in self.store.items()
+            if any(ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _release_foreground(self, uid: str) -> None:
+        """Remove the foregroundDeletion finalizer of the owner `uid` once its dependents are
+        gone (the garbage collector's part of a foreground deletion)."""
+        if self._dependents(uid):
+            return
+        for key, owner in list(self.store.items()):
+            meta = owner["metadata"]
+            if meta["uid"] == uid and "foregroundDeletion" in (meta.get("finalizers") or []):
+                remaining = [f for f in meta["finalizers"] if f != "foregroundDeletion"]
+
+                def release(o: Obj, kept: list[str] = remaining) -> Obj:
+                    return _with_finalizers(o, kept)
+
+                self.update_object(*key, release, validate=False)
+
     def _remove(self, key: Key) -> None:
         obj = self.store.pop(key)
         self._bump(obj)
         self._emit(key[0], "DELETED", obj)
+        if key[0] == CRDS:
+            for rkey, (crd, _) in list(self.crds.items()):
+                if crd["metadata"]["name"] == obj["metadata"]["name"]:
+                    del self.crds[rkey]
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            self._release_foreground(str(ref.get("uid")))
         # The garbage collector: dependents go with their owner (background propagation).
         uid = obj["metadata"]["uid"]
         for dep_key, dep in list(self.store.items()):
@@ -436,6 +643,12 @@ class KubernetesApi(kmock.KubernetesEmulator):
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         self.request_count += 1
+        scheme, _, token = raw_request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        self.tokens[token] += 1
+        if self.expected_tokens is not None and token not in self.expected_tokens:
+            self.answers[401] += 1
+            return _status(401, "Unauthorized", "Unauthorized")
         if len(self._requests) > 2 * REQUEST_HISTORY_KEPT:
             del self._requests[:-REQUEST_HISTORY_KEPT]
         body = await raw_request.read()
@@ -477,31 +690,154 @@ class KubernetesApi(kmock.KubernetesEmulator):
             self.requests_by[f"{verb} {plural}{'/' + subresource if subresource else ''}"] += 1
             self.calls.add((group, f"{plural}/{subresource}" if subresource else plural, verb))
             namespace = namespace if info.namespaced else None
+            # The server's default for a request without the parameter is Warn.
+            validation = request.params.get("fieldValidation") or "Warn"
+            warned = len(self.warnings)
             if verb == "watch":
                 return await self._watch(request, rkey, namespace)
             if verb == "list":
                 return self._list(request, rkey, namespace)
             if verb == "create":
-                return aiohttp.web.json_response(
-                    self.create_object(rkey, namespace, request.data or {}), status=201
+                obj = self.create_object(
+                    rkey, namespace, request.data or {}, field_validation=validation
                 )
+                return self._answer(obj, self.warnings[warned:], status=201)
             assert request.name is not None
+            if subresource == "scale":
+                return self._scale(request, rkey, namespace, request.name, verb)
             if verb == "get":
-                obj = self.read_object(rkey, namespace, request.name)
-                if obj is None:
+                found = self.read_object(rkey, namespace, request.name)
+                if found is None:
                     raise ApiFailureError(404, "NotFound", f'{rkey} "{request.name}" not found')
+                obj = found
+                if rkey in self.crds and apiserver_table.wants_table(
+                    request.headers.get("Accept", "")
+                ):
+                    return aiohttp.web.json_response(self._table(request, rkey, [obj]))
                 return aiohttp.web.json_response(obj)
             if verb == "delete":
-                return aiohttp.web.json_response(self.delete_object(rkey, namespace, request.name))
+                propagation = self._propagation(request)
+                deleted = self.delete_object(rkey, namespace, request.name, propagation=propagation)
+                return aiohttp.web.json_response(deleted)
             if verb in ("patch", "update"):
                 change = self._change(request, verb)
                 obj = self.update_object(
-                    rkey, namespace, request.name, change, subresource=request.subresource
+                    rkey,
+                    namespace,
+                    request.name,
+                    change,
+                    subresource=request.subresource,
+                    field_validation=validation,
                 )
-                return aiohttp.web.json_response(obj)
+                return self._answer(obj, self.warnings[warned:])
             raise ApiFailureError(405, "MethodNotAllowed", f"{request.method} is not supported")
         except ApiFailureError as failure:
+            if failure.status is not None:
+                return aiohttp.web.json_response(failure.status, status=failure.code)
             return _status(failure.code, failure.reason, failure.message)
+
+    @staticmethod
+    def _answer(obj: Obj, warnings: list[str], status: int = 200) -> aiohttp.web.Response:
+        """A JSON answer with the API server's Warning headers (RFC 7234 code 299)."""
+        response = aiohttp.web.json_response(obj, status=status)
+        for warning in warnings:
+            response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+        return response
+
+    @staticmethod
+    def _propagation(request: rendering.Request) -> str:
+        """The propagationPolicy of a DELETE, from the query or the DeleteOptions body."""
+        policy = request.params.get("propagationPolicy")
+        if not policy and request.body:
+            options = json.loads(request.body)
+            if isinstance(options, dict):
+                policy = options.get("propagationPolicy")
+                if not policy and options.get("orphanDependents") is True:
+                    policy = "Orphan"
+        return str(policy or "Background")
+
+    def _table(self, request: rendering.Request, rkey: str, objects: list[Obj]) -> Obj:
+        _, version = self.crds[rkey]
+        return apiserver_table.table(
+            apiserver_table.printer_columns(version),
+            objects,
+            resource_version=str(self._last_rv),
+            include_object=request.params.get("includeObject") or "Metadata",
+        )
+
+    def _scale_paths(self, rkey: str) -> tuple[str, str, str | None]:
+        """(spec replicas, status replicas, label selector) paths of a scalable resource."""
+        if rkey in self.crds:
+            scale = (self.crds[rkey][1].get("subresources") or {}).get("scale")
+            if scale is None:
+                raise ApiFailureError(404, "NotFound", f"{rkey} has no scale subresource")
+            return (
+                scale["specReplicasPath"],
+                scale["statusReplicasPath"],
+                scale.get("labelSelectorPath"),
+            )
+        if rkey in (DEPLOYMENTS, "apps/v1/replicasets", "apps/v1/statefulsets"):
+            return ".spec.replicas", ".status.replicas", None
+        raise ApiFailureError(404, "NotFound", f"{rkey} has no scale subresource")
+
+    def _scale_of(self, rkey: str, obj: Obj) -> Obj:
+        """The autoscaling/v1 Scale of an object."""
+        spec_path, status_path, selector_path = self._scale_paths(rkey)
+        replicas = apiserver_table.json_path(obj, spec_path)
+        observed = apiserver_table.json_path(obj, status_path)
+        if selector_path is not None:
+            found = apiserver_table.json_path(obj, selector_path)
+            selector = found[0] if found and isinstance(found[0], str) else ""
+        else:
+            labels = (obj.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        meta = obj["metadata"]
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if k in meta
+            },
+            "spec": {"replicas": int(replicas[0]) if replicas else 0},
+            "status": {"replicas": int(observed[0]) if observed else 0, "selector": selector},
+        }
+
+    def _scale(
+        self, request: rendering.Request, rkey: str, namespace: str | None, name: str, verb: str
+    ) -> aiohttp.web.Response:
+        """GET, PUT and PATCH of the scale subresource."""
+        obj = self.read_object(rkey, namespace, name)
+        if obj is None:
+            raise ApiFailureError(404, "NotFound", f'{rkey} "{name}" not found')
+        scale = self._scale_of(rkey, obj)
+        if verb == "get":
+            return aiohttp.web.json_response(scale)
+        if verb not in ("patch", "update"):
+            raise ApiFailureError(405, "MethodNotAllowed", f"{request.method} is not supported")
+        wanted = self._change(request, verb)(copy.deepcopy(scale))
+        sent_rv = (wanted.get("metadata") or {}).get("resourceVersion")
+        replicas = (wanted.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            message = (
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                f"{apiserver_schema.go_value(replicas)}: must be greater than or equal to 0"
+            )
+            raise ApiFailureError(422, "Invalid", message)
+        parts = self._scale_paths(rkey)[0].strip(".").split(".")
+
+        def set_replicas(o: Obj) -> Obj:
+            node = o
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = replicas
+            if sent_rv:
+                o["metadata"]["resourceVersion"] = sent_rv
+            return o
+
+        updated = self.update_object(rkey, namespace, name, set_replicas)
+        return aiohttp.web.json_response(self._scale_of(rkey, updated))
 
     @staticmethod
     def _verb(request: rendering.Request) -> str:
@@ -539,6 +875,8 @@ class KubernetesApi(kmock.KubernetesEmulator):
             if labels(o["metadata"].get("labels") or {}) and fields(o)
         ]
         items.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+        if rkey in self.crds and apiserver_table.wants_table(request.headers.get("Accept", "")):
+            return aiohttp.web.json_response(self._table(request, rkey, items))
         return aiohttp.web.json_response(
             {
                 "apiVersion": self._api_version(rkey),
@@ -562,6 +900,15 @@ class KubernetesApi(kmock.KubernetesEmulator):
             ns_ok = namespace is None or obj["metadata"].get("namespace") == namespace
             return ns_ok and labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
+        as_table = rkey in self.crds and apiserver_table.wants_table(
+            request.headers.get("Accept", "")
+        )
+
+        def line(kind: str, obj: Obj) -> bytes:
+            if as_table and kind != "ERROR":
+                obj = self._table(request, rkey, [obj])
+            return self._line(kind, obj)
+
         raw = request._raw_request
         assert raw is not None
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -571,12 +918,17 @@ class KubernetesApi(kmock.KubernetesEmulator):
         deadline = loop.time() + timeout
         since_text = request.params.get("resourceVersion") or "0"
         since = int(since_text) if since_text.isdigit() else 0
+        # A streaming list (kubectl's WatchList): the current objects, then a bookmark that
+        # marks the end of the initial events, whatever resourceVersion was given.
+        initial_events = request.params.get("sendInitialEvents") == "true"
         try:
-            if since == 0:
+            if since == 0 or initial_events:
                 since = self._last_rv
                 for obj in self.list_objects(rkey, namespace):
                     if visible(obj):
-                        await response.write(self._line("ADDED", obj))
+                        await response.write(line("ADDED", obj))
+                if initial_events:
+                    await response.write(self._line("BOOKMARK", self._bookmark(rkey)))
             elif self._log and since < self._log[0][0] - 1:
                 gone = {"kind": "Status", "code": 410, "reason": "Expired", "status": "Failure"}
                 await response.write(self._line("ERROR", gone))
@@ -586,7 +938,7 @@ class KubernetesApi(kmock.KubernetesEmulator):
                 for rv, key, kind, obj in self._log[self._first_after(since) :]:
                     since = rv
                     if key == rkey and visible(obj):
-                        await response.write(self._line(kind, obj))
+                        await response.write(line(kind, obj))
                 try:
                     await asyncio.wait_for(changed.wait(), deadline - loop.time())
                 except TimeoutError:
@@ -595,6 +947,17 @@ class KubernetesApi(kmock.KubernetesEmulator):
         except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
             pass
         return response
+
+    def _bookmark(self, rkey: str) -> Obj:
+        """The bookmark that ends the initial events of a streaming list."""
+        return {
+            "kind": self.info(rkey).kind,
+            "apiVersion": self._api_version(rkey),
+            "metadata": {
+                "resourceVersion": str(self._last_rv),
+                "annotations": {"k8s.io/initial-events-end": "true"},
+            },
+        }
 
     def _first_after(self, rv: int) -> int:
         lo, hi = 0, len(self._log)
@@ -613,6 +976,20 @@ class KubernetesApi(kmock.KubernetesEmulator):
     async def _discovery(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         return await super()._handle(request)
 
+    async def _serve_server_version(self, request: rendering.Request) -> Any:
+        major, minor, patch = chart_minimum_version()
+        return {
+            "major": str(major),
+            "minor": str(minor),
+            "gitVersion": f"v{major}.{minor}.{patch}",
+            "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean",
+            "buildDate": "2024-04-17T17:27:03Z",
+            "goVersion": "go1.22.2",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
+
     async def _serve_version(self, request: rendering.Request) -> Any:
         payload = await super()._serve_version(request)
         if isinstance(payload, dict) and payload.get("groupVersion", "").startswith("/"):
@@ -620,5 +997,7 @@ class KubernetesApi(kmock.KubernetesEmulator):
         if isinstance(payload, dict):
             for entry in payload.get("resources", []):
                 if "/" in entry["name"]:
+                    # Subresources have no names of their own (kubectl warns of ambiguity else).
                     entry["singularName"] = ""
+                    entry["shortNames"], entry["categories"] = [], []
         return payload
