@@ -26,6 +26,10 @@ import aiohttp.web
 from docpipe_operator import telemetry
 from tests.support.emulator import DEPLOYMENTS, PODS, SECRETS, ApiFailureError, KubernetesApi
 
+# A process pod carries this finalizer, as a pod's containers hold its deletion in a cluster: a
+# deleted pod stays (with its deletionTimestamp) until its worker process has exited.
+KUBELET_FINALIZER = "tests.docpipe.io/kubelet"
+
 
 @dataclass
 class FakeWorker:
@@ -228,6 +232,15 @@ class Fleet:
                 pods.setdefault(ref.get("uid"), []).append(pod)
         for deployment in list(self.api.stored_objects(DEPLOYMENTS)):
             await self._reconcile(deployment, pods.get(deployment["metadata"]["uid"], []))
+        for pod in list(self.api.stored_objects(PODS)):
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") and KUBELET_FINALIZER in (
+                meta.get("finalizers") or []
+            ):
+                # The kubelet: the container stops (its worker finishes or releases its jobs),
+                # then the pod goes.
+                await self._stop(meta["name"])
+                self._release(meta.get("namespace"), meta["name"])
         # Pods whose Deployment went (the garbage collector took them): stop their workers.
         existing = {p["metadata"]["name"] for p in self.api.stored_objects(PODS)}
         for name in [n for n in (*self.workers, *self.running) if n not in existing]:
@@ -243,14 +256,34 @@ class Fleet:
         if process is not None:
             await process.close()
 
+    def _release(self, namespace: str | None, name: str) -> None:
+        def without(p: dict[str, Any]) -> dict[str, Any]:
+            finalizers = [
+                f for f in p["metadata"].get("finalizers") or [] if f != KUBELET_FINALIZER
+            ]
+            return {**p, "metadata": {**p["metadata"], "finalizers": finalizers}}
+
+        with contextlib.suppress(ApiFailureError):
+            self.api.update_object(PODS, namespace, name, without)
+
     def _ready(self, name: str) -> bool:
         if name in self.workers:
             return self.workers[name].ready
         return name in self.running and self.running[name].ready
 
+    def _exists(self, deployment: dict[str, Any]) -> bool:
+        meta = deployment["metadata"]
+        current = self.api.read_object(DEPLOYMENTS, meta["namespace"], meta["name"])
+        return current is not None and current["metadata"]["uid"] == meta["uid"]
+
     async def _start_pod(
         self, deployment: dict[str, Any], pipeline: str, port: int
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """Start a pod of `deployment`; None when the Deployment was deleted meanwhile (the step
+        awaits between listing the Deployments and starting their pods): a pod created then
+        would outlive its owner, which the garbage collector has already swept."""
+        if not self._exists(deployment):
+            return None
         meta, template = deployment["metadata"], deployment["spec"]["template"]
         namespace = meta["namespace"]
         name = f"{meta['name']}-{next(self._names):05d}"
@@ -282,10 +315,14 @@ class Fleet:
                 "name": name,
                 "labels": dict(template["metadata"]["labels"]),
                 "ownerReferences": [{**owner, "uid": meta["uid"], "controller": True}],
+                **({"finalizers": [KUBELET_FINALIZER]} if self.processes else {}),
             },
             "spec": template["spec"],
             "status": self._pod_status(ip, ready, 0),
         }
+        if not self._exists(deployment):
+            await self._stop(name)
+            return None
         return self.api.create_object(PODS, namespace, pod)
 
     @staticmethod
@@ -300,6 +337,8 @@ class Fleet:
     async def _reconcile(self, deployment: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         meta, spec = deployment["metadata"], deployment["spec"]
         namespace = meta["namespace"]
+        # Terminating pods are the kubelet's (see `step`), no longer the ReplicaSet's.
+        pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         template = spec["template"]
         selector = spec["selector"]["matchLabels"]
         revision = template["metadata"]["labels"].get("docpipe.io/revision")
@@ -311,7 +350,10 @@ class Fleet:
         new = [p for p in pods if p["metadata"]["labels"].get("docpipe.io/revision") == revision]
         old = [p for p in pods if p not in new]
         while len(new) < wanted:
-            new.append(await self._start_pod(deployment, pipeline, port))
+            started = await self._start_pod(deployment, pipeline, port)
+            if started is None:
+                return  # the Deployment went meanwhile: its pods are the garbage collector's
+            new.append(started)
         if old and all(self._ready(p["metadata"]["name"]) for p in new):
             # The rolling update: old pods go once the new ones are ready.
             for pod in old:

@@ -14,13 +14,7 @@ Tests use distinct pipeline names, so the series a finished test leaves never me
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import shutil
-import subprocess
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +23,11 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from docpipe_contracts import metrics
 from docpipe_operator.telemetry import PodTarget
+from tests.support import prometheus as prometheus_server
 from tests.support.ports import free_port
 
 SCRAPE_INTERVAL_S = 1.0
@@ -61,9 +55,7 @@ def pod_address(namespace: str, name: str) -> str:
 
 def prometheus_binary() -> str:
     """The `prometheus` binary; in CI (CI=true) its absence fails the test, elsewhere skips it."""
-    found = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None
-    )
+    found = prometheus_server.find_binary()
     if found is None:
         message = (
             "the prometheus binary is not installed (Debian package `prometheus`;"
@@ -183,112 +175,29 @@ async def workers(prometheus: PrometheusServer) -> AsyncIterator[Workers]:
 
 
 @dataclass
-class PrometheusServer:
-    """A running `prometheus` scraping the given workers every second."""
-
-    binary: str
-    directory: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class PrometheusServer(prometheus_server.PrometheusServer):
+    """The tests' Prometheus: scrapes every second, each pod of `PODS` on its own address."""
 
     worker_port: int = field(default_factory=free_port)
 
-    def launch(self, pods: Sequence[tuple[str, str]]) -> None:
-        """Start the server scraping `pods` (namespace, name) on `worker_port`; wait until ready."""
-        config = {
-            "global": {
-                "scrape_interval": f"{SCRAPE_INTERVAL_S:g}s",
-                "scrape_timeout": f"{SCRAPE_INTERVAL_S:g}s",
-            },
-            "scrape_configs": [
-                {
-                    "job_name": "docpipe-workers",
-                    "static_configs": [
-                        {
-                            "targets": [f"{pod_address(namespace, name)}:{self.worker_port}"],
-                            "labels": {"namespace": namespace, "pod": name},
-                        }
-                        for namespace, name in pods
-                    ],
-                }
-            ],
-        }
-        path = self.directory / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        self._spawn(path)
-        self._wait_ready()
-
-    def _spawn(self, config: Path) -> None:
-        log = (self.directory / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
+    def launch_pods(self, pods: Sequence[tuple[str, str]]) -> None:
+        """Start the server scraping `pods` (namespace, name) on `worker_port`."""
+        self.launch(
             [
-                self.binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+                (f"{pod_address(ns, name)}:{self.worker_port}", {"namespace": ns, "pod": name})
+                for ns, name in pods
+            ]
         )
-        log.close()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                log = (self.directory / "prometheus.log").read_text()
-                raise AssertionError(f"prometheus exited: {log}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError("prometheus did not get ready within 15 s")
-
-    async def query(self, promql: str) -> list[dict[str, Any]]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{self.url}/api/v1/query", params={"query": promql}) as response,
-        ):
-            response.raise_for_status()
-            result: list[dict[str, Any]] = (await response.json())["data"]["result"]
-            return result
-
-    async def wait_scraped(self, pods: Sequence[str], *, scrapes: int = 2) -> None:
-        """Until every one of `pods` has been scraped successfully `scrapes` times."""
-        names = "|".join(pods)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            rows = await self.query(f'sum_over_time(up{{pod=~"{names}"}}[1m]) >= {scrapes}')
-            if len(rows) >= len(pods):
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"prometheus did not scrape {pods} within 15 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """The session's Prometheus, scraping every pod of `PODS` every second."""
-    server = PrometheusServer(prometheus_binary(), tmp_path_factory.mktemp("prometheus"))
+    server = PrometheusServer(
+        prometheus_binary(), tmp_path_factory.mktemp("prometheus"), SCRAPE_INTERVAL_S
+    )
     try:
-        server.launch(PODS)
+        server.launch_pods(PODS)
         yield server
     finally:
         server.stop()
@@ -297,9 +206,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
 @pytest.fixture
 def private_prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
     """A Prometheus of the test's own, scraping nothing, that the test may stop."""
-    server = PrometheusServer(prometheus_binary(), tmp_path)
+    server = PrometheusServer(prometheus_binary(), tmp_path, SCRAPE_INTERVAL_S)
     try:
-        server.launch(())
+        server.launch_pods(())
         yield server
     finally:
         server.stop()
