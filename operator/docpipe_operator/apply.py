@@ -71,11 +71,11 @@ async def apply_round(
         clear = {"metadata": {"annotations": {ROLLBACK_ANNOTATION: None}}}
         await client.merge_patch(cluster.PIPELINES, namespace, pipeline.name, clear)
     stored = memory.status if memory.status is not None else pipeline.status
-    patch = status_patch(stored, status)
+    patch = status_patch(stored, status, figures=decided.figures_due)
     if patch is None:
         return replace(memory, status=stored)
     await client.merge_patch(cluster.PIPELINE_STATUS, namespace, pipeline.name, patch)
-    return replace(memory, status=status)
+    return replace(memory, status=status, status_written=time.monotonic())
 
 
 async def _change(client: cluster.KubeClient, namespace: str, change: ChildChange) -> str | None:

@@ -72,7 +72,9 @@ def _quota_condition(
         kept = next((c for c in previous.conditions if c.type == QUOTA_LIMITED), None)
         if kept is None:
             return None
-        return _condition(QUOTA_LIMITED, kept.status == "True", kept.reason, kept.message)
+        held = _condition(QUOTA_LIMITED, kept.status == "True", kept.reason, kept.message)
+        # Kept from an earlier round: it was set from the generation that round saw.
+        return {**held, "observedGeneration": kept.observed_generation}
     ceiling = decision.quota_ceiling
     if decision.quota_held:
         quotas = ", ".join(decision.quota_held)
@@ -166,6 +168,9 @@ def build_status(
     quota = _quota_condition(previous, decision)
     if quota is not None:
         wanted.append(quota)
+    # Each condition says which generation of the spec it was set from (the Kubernetes
+    # convention): a reader can tell a condition that predates a spec change.
+    wanted = [{"observedGeneration": seen.generation, **c} for c in wanted]
     conditions = next_conditions(previous.conditions, wanted, now)
     phase: Phase
     if problems and (seen.spec_error or seen.apply_error):

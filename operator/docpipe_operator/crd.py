@@ -47,6 +47,8 @@ _KEPT_KEYS = frozenset(
         "maxLength",
         "minItems",
         "maxItems",
+        "minProperties",
+        "maxProperties",
         "pattern",
         "format",
         "required",
@@ -54,6 +56,7 @@ _KEPT_KEYS = frozenset(
         "x-kubernetes-validations",
         "x-kubernetes-list-type",
         "x-kubernetes-list-map-keys",
+        "x-kubernetes-int-or-string",
     }
 )
 
@@ -198,7 +201,9 @@ def build_crd() -> dict[str, Any]:
                         _column("Desired", "integer", ".status.desiredReplicas"),
                         _column("Queue", "integer", ".status.queueDepth"),
                         _column("Phase", "string", ".status.phase"),
+                        _column("Rollout", "string", ".status.rollout.phase"),
                         _column("Age", "date", ".metadata.creationTimestamp"),
+                        {**_column("Image", "string", ".spec.worker.image"), "priority": 1},
                         {**_column("Reason", "string", ".status.lastScaleReason"), "priority": 1},
                     ],
                 }

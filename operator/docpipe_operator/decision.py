@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from docpipe_operator import rendering, rollout
+from docpipe_operator import quality, rendering, rollout
 from docpipe_operator.conditions import Observation, Transition, build_status, quota_transition
 from docpipe_operator.model import (
     AnalysisInterval,
     DocumentPipelineSpec,
     DocumentPipelineStatus,
+    LastRollback,
+    NoTrafficStatus,
     RolloutSpec,
     RolloutStatus,
     SpecError,
@@ -28,6 +30,7 @@ from docpipe_operator.model import (
     dump,
     parse_spec,
 )
+from docpipe_operator.no_traffic import NoTrafficAction, NoTrafficPolicy, NoTrafficState
 from docpipe_operator.scaling import (
     Decision,
     MetricsSnapshot,
@@ -50,6 +53,15 @@ DEFAULT_INTERVAL_SECONDS = 5.0
 # (as controller-runtime's expectations): a round between the create and the watch event would
 # otherwise create it again, and get 409.
 EXPECTATION_SECONDS = 30.0
+# The status' load figures (queue depth, oldest wait, throughput) move with every job: a change
+# of them alone is written at most this often. Anything else (replicas, a condition, the rollout)
+# is written at once, and carries the figures of its round.
+FIGURES_REFRESH_SECONDS = 60.0
+FIGURES = ("queueDepth", "oldestReadyAgeSeconds", "throughputPerSecond")
+# The version of a Secret key (see `observation.key_version`) that is missing from the cluster,
+# or that the operator may not read (RBAC): steady, so neither rolls the workers by itself.
+SECRET_MISSING = "missing"
+SECRET_UNREADABLE = "unreadable"
 
 
 # ---- What a round reads ----
@@ -164,6 +176,8 @@ class Memory:
     # Children created and not yet shown by their watch: (kind, name) → when (monotonic) and
     # the uid the create returned.
     expected: Mapping[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    # When the status was last written (monotonic): its figures alone wait for the refresh.
+    status_written: float | None = None
 
 
 # ---- What a round does ----
@@ -199,6 +213,28 @@ class Round:
     rollout_events: tuple[Event, ...] = ()  # posted once the children are applied
     clear_rollback: bool = False
     interval_s: float = DEFAULT_INTERVAL_SECONDS
+    # A rejected revision whose documents are to be re-enqueued for the stable revision (by the
+    # shell, which then records the count with `undone`).
+    undo: str | None = None
+    # Whether a change of the load figures alone is worth a status write this round.
+    figures_due: bool = True
+
+    def undone(self, documents: int, now: datetime) -> Round:
+        """The round once the documents of `undo` were re-enqueued: the count in the status
+        (so the undo is done once) and an Event."""
+        revision = self.undo or ""
+        rollout_status = self.status.rollout or RolloutStatus()
+        record = LastRollback(revision=revision, reprocessed_documents=documents, at=now)
+        status = self.status.model_copy(
+            update={"rollout": rollout_status.model_copy(update={"last_rollback": record})}
+        )
+        event = Event(
+            "Normal",
+            "RollbackReprocessing",
+            f"{documents} document(s) with chunks of the rejected revision {revision}"
+            " re-enqueued for the stable revision",
+        )
+        return replace(self, status=status, events=(*self.events, event), undo=None)
 
     def failed(self, error: str, now: datetime) -> DocumentPipelineStatus:
         """The status when applying the children failed: Degraded, the rollout as it was."""
@@ -251,10 +287,12 @@ def decide(
     now: float,
     wall: datetime,
     monitoring: bool,
+    secrets: Mapping[tuple[str, str], str | None] | None = None,
 ) -> tuple[Round, Memory]:
     """One round: `load` is a fresh reading (None between readings, when the last decision holds);
-    `monitoring`: whether the cluster serves PodMonitors. Returns the round and the memory for the
-    next one (its `status` is set by the caller once written)."""
+    `monitoring`: whether the cluster serves PodMonitors; `secrets`: the version of each Secret key
+    the workers read (None: the operator reads no Secrets). Returns the round and the memory for
+    the next one (its `status` is set by the caller once written)."""
     previous = memory.status if memory.status is not None else pipeline.status
     interval = round_interval(pipeline)
     spec = pipeline.spec
@@ -289,29 +327,48 @@ def decide(
     shown = decision if decision is not None and decision.desired == total else None
 
     targets = pod_targets(children.pods)
+    hashed = secrets_hash_of(secrets, children, pipeline.name)
     step = plan_rollout(
-        pipeline, spec, previous, children, targets, memory, load, decision, total, now, wall
+        pipeline,
+        spec,
+        previous,
+        children,
+        targets,
+        memory,
+        load,
+        total,
+        now,
+        wall,
+        secrets_hash=hashed,
     )
     plan, split = step.plan, step.split
     template = None if plan.stable_takes_desired else template_of(deployment)
     wanted = rendering.render_children(
-        pipeline.name, pipeline.namespace, spec, replicas=split.stable, template=template
+        pipeline.name,
+        pipeline.namespace,
+        spec,
+        replicas=split.stable,
+        template=template,
+        secrets_hash=hashed,
     )
-    warnings: list[str] = []
+    warnings: list[str] = secret_warnings(secrets)
     if spec.metrics.pod_monitor.enabled and not monitoring:
         wanted = [c for c in wanted if c["kind"] != "PodMonitor"]
         warnings.append(
             "metrics.podMonitor.enabled, but the cluster does not serve monitoring.coreos.com/v1"
         )
     if plan.run_canary:
-        hold = plan.state.failure_hold_s or rollout.DEFAULT_FAILURE_HOLD_S
+        # A canary started by a release before the share kept no weight: the spec's, now.
+        weight = plan.state.canary_weight or weight_of(spec.rollout, split)
         wanted.append(
             rendering.render_canary_deployment(
                 pipeline.name,
                 pipeline.namespace,
                 spec,
                 replicas=split.canary,
-                failure_hold_seconds=hold,
+                canary_weight=weight,
+                secrets_hash=hashed,
+                stable_revision=plan.state.stable_revision,
             )
         )
     expected = pending_expectations(memory.expected, children, now)
@@ -341,6 +398,16 @@ def decide(
         rollout_state = replace(rollout_state, canary_replicas=split.canary)
     status = status.model_copy(update={"rollout": status_of(rollout_state)})
     rollout_events = () if plan.event is None else (Event(**vars(plan.event)),)
+    rejected = rollout_state.rejected_revision
+    undo = rollout.undo_due(
+        rollout_state,
+        revision_pods_left=any(
+            (p.get("metadata") or {}).get("labels", {}).get(rendering.LABEL_REVISION) == rejected
+            for p in children.pods
+        ),
+        now=wall,
+        grace_s=float(spec.worker.termination_grace_period_seconds),
+    )
     clear = plan.clear_rollback_request and ROLLBACK_ANNOTATION in pipeline.annotations
     remembered = replace(
         memory,
@@ -361,6 +428,9 @@ def decide(
         rollout_events=rollout_events,
         clear_rollback=clear,
         interval_s=round_interval(replace(pipeline, status=status)),
+        undo=undo,
+        figures_due=memory.status_written is None
+        or now - memory.status_written >= FIGURES_REFRESH_SECONDS,
     )
     return decided, remembered
 
@@ -381,6 +451,42 @@ def _invalid(
     )
     events = () if told else (Event("Warning", "InvalidSpec", error),)
     return Round((), {}, status, previous, seen, events=events, interval_s=interval)
+
+
+def secret_warnings(secrets: Mapping[tuple[str, str], str | None] | None) -> list[str]:
+    """What the status says of referenced Secrets the operator may not read. (A missing one is
+    left to the pods' own CreateContainerConfigError.)"""
+    unreadable = sorted(
+        {name for (name, _), v in (secrets or {}).items() if v == SECRET_UNREADABLE}
+    )
+    if not unreadable:
+        return []
+    return [
+        f"the operator may not read Secret(s) {', '.join(unreadable)}: a change to them does not "
+        "roll the workers, and with no worker the queue is not read (grant get: rbac.secrets in "
+        "the chart; or run the operator with --secrets=none and bump worker.secretsVersion)"
+    ]
+
+
+def secrets_hash_of(
+    secrets: Mapping[tuple[str, str], str | None] | None, children: Children, pipeline: str
+) -> str | None:
+    """The pod template's secrets-hash annotation: the hash of the keys' versions; None when the
+    operator reads no Secrets. While a version is unknown (no read has answered since the
+    operator started), the hash the newest running template carries holds: an operator restart
+    during an API hiccup must not roll the workers."""
+    if secrets is None:
+        return None
+    if all(version is not None for version in secrets.values()):
+        return rendering.hash_secret_versions(
+            {key: version for key, version in secrets.items() if version is not None}
+        )
+    for name in (rendering.canary_name(pipeline), rendering.worker_name(pipeline)):
+        metadata = (template_of(children.get("Deployment", name)) or {}).get("metadata") or {}
+        carried = (metadata.get("annotations") or {}).get(rendering.SECRETS_HASH_ANNOTATION)
+        if carried is not None:
+            return str(carried)
+    return None
 
 
 def seed(history: ScalingHistory, current: int, now: float) -> ScalingHistory:
@@ -472,29 +578,46 @@ def child_changes(
 # ---- Status ----
 
 
-def needs_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether a status differs from the stored one in more than its conditions' messages."""
-    return _significant(current) != _significant(new)
+def needs_patch(
+    current: Mapping[str, Any], new: Mapping[str, Any], *, figures: bool = True
+) -> bool:
+    """Whether a status differs from the stored one in more than its conditions' messages (and,
+    unless `figures`, in more than its load figures)."""
+    return _significant(current, figures) != _significant(new, figures)
 
 
-def _significant(status: Mapping[str, Any]) -> dict[str, Any]:
+def _significant(status: Mapping[str, Any], figures: bool = True) -> dict[str, Any]:
     # A condition's message carries the round's figures (the scaling reason): written with the
     # next patch, never worth one of its own. Type, status and reason say what changed.
     conditions = [
         {k: v for k, v in c.items() if k != "message"} for c in status.get("conditions") or []
     ]
-    return {**status, "conditions": conditions}
+    kept = {k: v for k, v in status.items() if figures or k not in FIGURES}
+    return {**kept, "conditions": conditions}
 
 
 def status_patch(
-    stored: DocumentPipelineStatus, new: DocumentPipelineStatus
+    stored: DocumentPipelineStatus, new: DocumentPipelineStatus, *, figures: bool = True
 ) -> dict[str, Any] | None:
-    """The merge patch that writes `new` over `stored`; None when only messages differ."""
+    """The merge patch that writes `new` over `stored`; None when only messages differ (or,
+    unless `figures`, only messages and load figures)."""
     before, after = dump(stored), dump(new)
-    if not needs_patch(before, after):
+    if not needs_patch(before, after, figures=figures):
         return None
-    # Whole-key replacement: a merge patch would keep keys the new status no longer has.
-    return {"status": dict.fromkeys(before) | after}
+    return {"status": _removing(before, after)}
+
+
+def _removing(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """`after` as a merge patch over `before`: a key `after` no longer has, at any depth of
+    nested objects, is set to null (a merge patch would keep it otherwise)."""
+    patch: dict[str, Any] = dict.fromkeys(before)
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            patch[key] = _removing(old, value)
+        else:
+            patch[key] = value
+    return patch
 
 
 # ---- Rollout policy ----
@@ -548,6 +671,14 @@ def split_of(policy: RolloutSpec, total: int) -> rollout.Split:
     )
 
 
+def weight_of(policy: RolloutSpec, split: rollout.Split) -> float:
+    """The canary's share of the jobs under the spec's canary size (see rollout.canary_weight)."""
+    percent = policy.canary_percent if policy.canary_percent is not None else 20
+    return rollout.canary_weight(
+        split, canary_replicas=policy.canary_replicas, canary_percent=percent
+    )
+
+
 def policy_of(spec: RolloutSpec) -> rollout.RolloutPolicy:
     """The verdict's thresholds from the spec's rollout policy."""
     return rollout.RolloutPolicy(
@@ -557,6 +688,27 @@ def policy_of(spec: RolloutSpec) -> rollout.RolloutPolicy:
         success_intervals=spec.success_intervals,
         failure_limit=spec.failure_limit,
         progress_deadline_s=float(spec.progress_deadline_seconds),
+        output=quality.OutputPolicy(
+            enabled=spec.output_analysis.enabled,
+            max_relative_change=spec.output_analysis.max_relative_change,
+            max_empty_share_increase=spec.output_analysis.max_empty_share_increase,
+            max_degenerate_share_increase=spec.output_analysis.max_degenerate_share_increase,
+            min_documents=spec.output_analysis.min_documents,
+        ),
+        golden=quality.GoldenPolicy()
+        if spec.golden_set is None
+        else quality.GoldenPolicy(
+            enabled=True,
+            min_text_overlap=spec.golden_set.min_text_overlap,
+            max_chunk_ratio_change=spec.golden_set.max_chunk_ratio_change,
+            min_cosine=spec.golden_set.min_cosine,
+            max_recall_drop=spec.golden_set.max_recall_drop,
+        ),
+        no_traffic=NoTrafficPolicy(
+            action=NoTrafficAction(spec.no_traffic.action),
+            after_s=float(spec.no_traffic.after_seconds),
+            golden_set=spec.golden_set is not None,
+        ),
     )
 
 
@@ -570,7 +722,7 @@ def state_of(status: RolloutStatus | None) -> rollout.RolloutState:
         canary_revision=status.canary_revision,
         started_at=status.started_at,
         canary_replicas=status.canary_replicas,
-        failure_hold_s=status.failure_hold_seconds,
+        canary_weight=status.canary_weight,
         intervals=tuple(
             rollout.RecordedInterval(rollout.IntervalOutcome(i.outcome), i.reason, i.at)
             for i in status.intervals
@@ -579,6 +731,14 @@ def state_of(status: RolloutStatus | None) -> rollout.RolloutState:
         rejected_revision=status.rejected_revision,
         rejected_reason=status.rejected_reason,
         rejected_at=status.rejected_at,
+        no_traffic=_no_traffic_state(status.no_traffic),
+        last_rollback=None
+        if status.last_rollback is None
+        else rollout.Undo(
+            status.last_rollback.revision,
+            status.last_rollback.reprocessed_documents,
+            status.last_rollback.at,
+        ),
     )
 
 
@@ -590,7 +750,7 @@ def status_of(state: rollout.RolloutState) -> RolloutStatus:
         canary_revision=state.canary_revision,
         started_at=state.started_at,
         canary_replicas=state.canary_replicas,
-        failure_hold_seconds=state.failure_hold_s,
+        canary_weight=state.canary_weight,
         intervals=[
             AnalysisInterval(outcome=i.outcome.value, reason=i.reason[:1024], at=i.at)
             for i in state.intervals
@@ -599,6 +759,31 @@ def status_of(state: rollout.RolloutState) -> RolloutStatus:
         rejected_revision=state.rejected_revision,
         rejected_reason=(state.rejected_reason or "")[:4096] or None,
         rejected_at=state.rejected_at,
+        no_traffic=_no_traffic_status(state),
+        last_rollback=None
+        if state.last_rollback is None
+        else LastRollback(
+            revision=state.last_rollback.revision,
+            reprocessed_documents=state.last_rollback.reprocessed_documents,
+            at=state.last_rollback.at,
+        ),
+    )
+
+
+def _no_traffic_state(status: NoTrafficStatus | None) -> NoTrafficState | None:
+    if status is None:
+        return None
+    action = NoTrafficAction(status.action)
+    return NoTrafficState(action, status.since, status.deadline, status.message)
+
+
+def _no_traffic_status(state: rollout.RolloutState) -> NoTrafficStatus | None:
+    """status.rollout.noTraffic: only while an analysis runs (a finished one has no deadline)."""
+    idle = state.no_traffic
+    if idle is None or state.phase not in (rollout.Phase.PROGRESSING, rollout.Phase.PAUSED):
+        return None
+    return NoTrafficStatus(
+        action=idle.action.value, since=idle.since, deadline=idle.deadline, message=idle.message
     )
 
 
@@ -630,6 +815,8 @@ def _increase_sample(
         pods_desired=pods_desired,
         pods_ready=pods_ready,
         restarts=restarts,
+        output=quality.OutputSample(seen.output),
+        golden=seen.golden,
     )
 
 
@@ -702,23 +889,6 @@ def judge(
     return rollout.judge_interval(canary_sample, stable_sample, policy), fresh
 
 
-def stable_job_seconds(
-    load: Load | None, stable: str | None, decision: Decision | None
-) -> float | None:
-    """Seconds per job of the stable revision: from its stage histograms, else the scaling
-    decision's busy slot-seconds per job."""
-    if stable is not None and load is not None:
-        pods = [
-            r.revisions[stable]
-            for t, r in zip(load.targets, load.readings, strict=False)
-            if r is not None and not t.canary and stable in r.revisions
-        ]
-        measured = rollout.mean_job_seconds(pods)
-        if measured is not None:
-            return measured
-    return decision.seconds_per_job if decision is not None else None
-
-
 @dataclass(frozen=True)
 class RolloutStep:
     """The rollout's plan for this round, the worker split, and the analysis window to keep."""
@@ -736,16 +906,18 @@ def plan_rollout(
     targets: list[PodTarget],
     memory: Memory,
     load: Load | None,
-    decision: Decision | None,
     total: int,
     now: float,
     wall: datetime,
+    secrets_hash: str | None = None,
 ) -> RolloutStep:
     """Judge the canary's interval if one ended (only with a fresh `load`), and plan the
-    rollout's next step; the stable Deployment keeps its template unless the plan says so."""
+    rollout's next step; the stable Deployment keeps its template unless the plan says so.
+    `secrets_hash`: see `rendering.render_pod_template`."""
     name = pipeline.name
     deployment = children.get("Deployment", rendering.worker_name(name))
-    desired = rendering.revision_of(rendering.render_pod_template(name, spec)) or ""
+    desired_template = rendering.render_pod_template(name, spec, secrets_hash=secrets_hash)
+    desired = rendering.revision_of(desired_template) or ""
     stable = rendering.revision_of(template_of(deployment) or {})
     before = state_of(previous.rollout)
     policy = policy_of(spec.rollout)
@@ -786,7 +958,7 @@ def plan_rollout(
         paused=spec.rollout.paused,
         rollback_requested=ROLLBACK_ANNOTATION in pipeline.annotations,
         interval=interval,
-        stable_seconds_per_job=stable_job_seconds(load or memory.load, stable, decision),
+        canary_weight=weight_of(spec.rollout, split),
     )
     plan = rollout.plan(before, seen, policy)
     if not plan.run_canary:

@@ -8,11 +8,13 @@ index the rounds read and wakes the round of the pipeline it belongs to.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 import kopf
 
-from docpipe_operator import cluster, reconciler, rendering
+from docpipe_operator import cluster, credentials, reconciler, rendering
 from docpipe_operator.model import GROUP, PLURAL, VERSION
 from docpipe_operator.observation import PODS, ChildIndexes, pod_essentials
 
@@ -27,11 +29,19 @@ WATCHED_CHILDREN: dict[str, cluster.Resource] = {
 MANAGED = {rendering.LABEL_MANAGED_BY: rendering.MANAGED_BY}
 # The same selector, sent to the API server with each list and watch of the children.
 MANAGED_SELECTOR = f"{rendering.LABEL_MANAGED_BY}={rendering.MANAGED_BY}"
+# A login that fails after the first (a plugin or token file briefly unavailable) is tried again
+# this often, Kopf's requests waiting meanwhile.
+LOGIN_RETRY_SECONDS = 5.0
 
 
 def index_name(resource: cluster.Resource) -> str:
     """The Kopf index (and the handler kwarg) of a child resource."""
     return f"children_{resource.plural}"
+
+
+def _credentials(memo: Any) -> credentials.Credentials:
+    source: credentials.Credentials = memo.credentials
+    return source
 
 
 def _state(memo: Any) -> reconciler.OperatorState:
@@ -46,13 +56,23 @@ def _indexes(kwargs: dict[str, Any]) -> ChildIndexes:
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler of the operator on `registry`."""
 
-    @kopf.on.login(registry=registry)
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        return cluster.login(settings)
+    # Kopf asks when its credentials expired or were refused (401); the same source renews
+    # them for the operator's own client. Sync: Kopf runs it in a thread (a plugin may be slow).
+    @kopf.on.login(registry=registry, backoff=LOGIN_RETRY_SECONDS)
+    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        return _credentials(memo).for_kopf()
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        memo.state = reconciler.OperatorState.connect(cluster.login(settings))
+        load = functools.partial(credentials.load, trust_env=settings.networking.trust_env)
+        try:
+            memo.credentials = await asyncio.to_thread(credentials.Credentials, load)
+        except kopf.LoginError as error:
+            # Without credentials the operator stops, rather than calling the API unauthenticated.
+            raise kopf.PermanentError(f"cannot log in to the Kubernetes API: {error}") from error
+        memo.state = reconciler.OperatorState.connect(
+            memo.credentials, secrets=memo.get("secret_reads")
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:

@@ -16,6 +16,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from docpipe_operator.podspec import (
+    DNS_SUBDOMAIN_PATTERN,
+    IMAGE_MESSAGE,
+    IMAGE_PATTERN,
+    WORKER_RULES,
+    Affinity,
+    ImageReference,
+    ResourceRequirements,
+    Toleration,
+    TopologySpreadConstraint,
+    Volume,
+    VolumeMount,
+    check_worker_pod,
+)
+
 GROUP = "docpipe.io"
 VERSION = "v1alpha1"
 KIND = "DocumentPipeline"
@@ -47,7 +62,11 @@ RESERVED_ENV_NAMES = (
     "DOCPIPE_CHUNK_OVERLAP_CHARS",
     "DOCPIPE_SHUTDOWN_GRACE_SECONDS",
     "DOCPIPE_CANARY",
-    "DOCPIPE_FAILURE_HOLD_SECONDS",
+    "DOCPIPE_CANARY_WEIGHT",
+    "DOCPIPE_GOLDEN_DIR",
+    "DOCPIPE_GOLDEN_INTERVAL_SECONDS",
+    "DOCPIPE_GOLDEN_K",
+    "DOCPIPE_STABLE_REVISION",
     "DOCPIPE_OPENAI_REQUESTS_PER_MINUTE",
     "DOCPIPE_OPENAI_TOKENS_PER_MINUTE",
     "DOCPIPE_LLAMAPARSE_UPLOADS_PER_MINUTE",
@@ -60,11 +79,17 @@ def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
 
 
 class _Model(BaseModel):
-    # Unknown fields are ignored rather than refused: the API server already prunes them, and an
-    # operator older than its CRD must still read newer objects.
+    # Unknown spec fields are refused (InvalidSpec), never silently ignored: a misspelt field,
+    # or one an older operator does not know, would otherwise do nothing without a word.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+
+class _Observed(_Model):
+    # The status is the operator's own, and Kopf keeps its own fields in it: a status written by
+    # a newer operator (or by Kopf) still reads.
+    model_config = ConfigDict(extra="ignore")
 
 
 class SecretKeyRef(_Model):
@@ -139,9 +164,16 @@ _DEFAULT_RESOURCES: dict[str, Any] = {
 
 
 class WorkerSpec(_Model):
-    """The worker pods: image, resources, concurrency and lifecycle."""
+    """The worker pods: image, resources, concurrency, lifecycle, placement and extra volumes."""
 
-    image: str = Field(min_length=1, description="The docpipe image; it runs `docpipe worker`.")
+    model_config = ConfigDict(json_schema_extra=_cel(*WORKER_RULES))
+
+    image: ImageReference = Field(
+        min_length=1,
+        max_length=512,
+        description="The docpipe image; it runs `docpipe worker`.",
+        json_schema_extra=_cel((f"self.matches('{IMAGE_PATTERN}')", IMAGE_MESSAGE)),
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[str] = Field(
         default=[], max_length=20, description="Names of Secrets for pulling the image."
@@ -151,8 +183,9 @@ class WorkerSpec(_Model):
     metrics_port: int = Field(
         default=9000, ge=1024, le=65535, description="Port serving /metrics, /healthz, /readyz."
     )
-    resources: dict[str, Any] = Field(
-        default=_DEFAULT_RESOURCES, description="Resource requests and limits, as in a Pod spec."
+    resources: ResourceRequirements = Field(
+        default=ResourceRequirements.model_validate(_DEFAULT_RESOURCES),
+        description="Resource requests and limits, as in a Pod spec.",
     )
     termination_grace_period_seconds: int = Field(
         default=60,
@@ -161,6 +194,62 @@ class WorkerSpec(_Model):
         description="Time a stopping worker has to finish or release its jobs.",
     )
     probes: ProbesSpec = Field(default_factory=ProbesSpec)
+    node_selector: dict[str, str] = Field(
+        default={}, max_length=64, description="Node labels the worker pods must run on."
+    )
+    tolerations: list[Toleration] = Field(
+        default=[], max_length=64, description="Node taints the worker pods tolerate."
+    )
+    affinity: Affinity | None = Field(
+        default=None, description="Node and pod (anti-)affinity, as in a Pod spec."
+    )
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
+        default=None,
+        max_length=16,
+        description="How the worker pods spread over nodes or zones. Unset: over nodes "
+        "(kubernetes.io/hostname, maxSkew 1, ScheduleAnyway); [] for no constraint. A constraint "
+        "without labelSelector counts the pipeline's worker pods.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="An existing PriorityClass for the worker pods.",
+    )
+    pod_labels: dict[str, str] = Field(
+        default={},
+        max_length=64,
+        description="Extra labels of the worker pods; never those docpipe selects pods by.",
+    )
+    pod_annotations: dict[str, str] = Field(
+        default={},
+        max_length=64,
+        description="Extra annotations of the worker pods; never docpipe.io/ ones.",
+    )
+    extra_volumes: list[Volume] = Field(
+        default=[],
+        max_length=32,
+        description="More volumes of the worker pods (the sources the restricted Pod Security "
+        "profile allows).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    extra_volume_mounts: list[VolumeMount] = Field(
+        default=[],
+        max_length=32,
+        description="Where the worker container mounts worker.extraVolumes.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["mountPath"],
+        },
+    )
+    secrets_version: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Any text; changing it rolls the workers (under the rollout policy). For "
+        "Secret rotation when the operator may not read Secrets: the operator otherwise rolls "
+        "the workers itself when a referenced Secret's data changes.",
+    )
     extra_env: list[EnvVar] = Field(
         default=[],
         max_length=100,
@@ -175,12 +264,30 @@ class WorkerSpec(_Model):
             raise ValueError("worker.extraEnv names must be unique")
         return self
 
+    @model_validator(mode="after")
+    def _check_pod(self) -> WorkerSpec:
+        check_worker_pod(
+            node_selector=self.node_selector,
+            pod_labels=self.pod_labels,
+            pod_annotations=self.pod_annotations,
+            volumes=self.extra_volumes,
+            mounts=self.extra_volume_mounts,
+        )
+        return self
+
 
 class DatabaseSpec(_Model):
     """Where the queue and the vectors live."""
 
     url_secret_ref: SecretKeyRef = Field(
         description="Secret key holding the PostgreSQL URL (DATABASE_URL)."
+    )
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the PEM CA certificate that signed the database server's "
+        "certificate: mounted read-only in the workers at /etc/docpipe/postgres-ca/<key>, named "
+        "by PGSSLROOTCERT, with PGSSLMODE=verify-full (the URL's sslmode and sslrootcert, and "
+        "worker.extraEnv, win when set).",
     )
 
 
@@ -375,6 +482,121 @@ class DisruptionSpec(_Model):
 _CANARY_SIZE_MESSAGE = "rollout: set canaryReplicas or canaryPercent, not both"
 
 
+class OutputAnalysisSpec(_Model):
+    """How a canary's output is compared with the stable revision's at each analysis interval
+    (from the workers' `docpipe_output_*` counters): a revision that writes worse output fails
+    the interval as one that fails jobs does."""
+
+    enabled: bool = Field(default=True, description="Judge the canary's output at all.")
+    max_relative_change: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Extracted chars per input byte, chunks per document and mean vector norm of "
+        "the canary may differ from the stable's by at most this share (0.3: 0.7x..1.3x).",
+    )
+    max_empty_share_increase: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The canary's share of documents with no text may exceed the stable's by at "
+        "most this.",
+    )
+    max_degenerate_share_increase: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="The canary's share of zero or non-finite vectors may exceed the stable's by "
+        "at most this.",
+    )
+    min_documents: int = Field(
+        default=5,
+        ge=1,
+        le=1_000_000,
+        description="Documents the canary must finish in an interval for its output to be judged.",
+    )
+
+
+NoTrafficAction = Literal["Promote", "Wait", "Golden"]
+
+
+_GOLDEN_SOURCE_MESSAGE = "rollout.goldenSet: set configMap or path, exactly one"
+
+
+class GoldenSetSpec(_Model):
+    """Sample documents with questions that the canary and the stable revision process in shadow
+    at each analysis interval (never stored as user documents); the verdict compares what they
+    made of them. The set: every file is a document, except `questions.json`, a JSON list of
+    `{"question": ..., "document": "<file name>"}`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("has(self.configMap) != has(self.path)", _GOLDEN_SOURCE_MESSAGE))
+    )
+
+    config_map: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="A ConfigMap of the pipeline's namespace holding the set (binaryData for "
+        "PDFs), mounted read-only on the workers.",
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        max_length=1024,
+        description="A directory in the worker image holding the set (instead of configMap).",
+    )
+    min_text_overlap: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Share of the stable's parsed words the canary's parse must keep.",
+    )
+    max_chunk_ratio_change: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="The canary's chunk count over the stable's must be within 1 ± this.",
+    )
+    min_cosine: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Mean cosine similarity of the two revisions' embeddings of the same chunks.",
+    )
+    max_recall_drop: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Recall@k of the questions may be at most this below the stable's.",
+    )
+    k: int = Field(default=5, ge=1, le=100, description="The k of recall@k.")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> GoldenSetSpec:
+        if (self.config_map is None) == (self.path is None):
+            raise ValueError(_GOLDEN_SOURCE_MESSAGE)
+        return self
+
+
+class NoTrafficSpec(_Model):
+    """What a rollout does when its canary gets no work (an idle pipeline): no interval can be
+    judged on jobs, so without a rule it would never end."""
+
+    action: NoTrafficAction = Field(
+        default="Promote",
+        description="`Promote`: promote the ready canary once it has had no job for afterSeconds "
+        "(no failed interval, no restart); `Wait`: keep waiting for work, with no deadline; "
+        "`Golden`: judge it on rollout.goldenSet (without one: as `Wait`).",
+    )
+    after_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=604_800,
+        description="How long the canary must have had no job before `Promote` promotes it.",
+    )
+
+
 class RolloutSpec(_Model):
     """How a new worker revision (a changed pod template) replaces the running one."""
 
@@ -445,6 +667,20 @@ class RolloutSpec(_Model):
         description="Holds a running analysis: no interval is judged, nothing is promoted or "
         "rolled back by the analysis (a manual rollback still works).",
     )
+    output_analysis: OutputAnalysisSpec = Field(
+        default_factory=OutputAnalysisSpec,
+        description="Judging the canary's output (text, chunks, vectors) against the stable's.",
+    )
+    golden_set: GoldenSetSpec | None = Field(
+        default=None,
+        description="Sample documents and questions both revisions process in shadow at each "
+        "interval; the canary fails an interval when its output on them regresses.",
+    )
+    no_traffic: NoTrafficSpec = Field(
+        default_factory=NoTrafficSpec,
+        description="What happens when the canary gets no work: promote after a deadline, wait, "
+        "or judge on the golden set.",
+    )
 
     @model_validator(mode="after")
     def _check_size(self) -> RolloutSpec:
@@ -514,7 +750,7 @@ ConditionType = Literal["Ready", "Scaling", "Degraded", "QuotaLimited"]
 Phase = Literal["Pending", "Running", "ScaledToZero", "Degraded"]
 
 
-class Condition(_Model):
+class Condition(_Observed):
     """One aspect of the pipeline's state, in the Kubernetes convention."""
 
     type: ConditionType
@@ -522,12 +758,15 @@ class Condition(_Model):
     reason: str = Field(default="", max_length=1024)
     message: str = Field(default="", max_length=32_768)
     last_transition_time: datetime | None = None
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this condition was set from."
+    )
 
 
 RolloutPhase = Literal["Progressing", "Paused", "Promoting", "Promoted", "RolledBack"]
 
 
-class AnalysisInterval(_Model):
+class AnalysisInterval(_Observed):
     """One judged analysis interval of a canary."""
 
     outcome: Literal["Passed", "Failed", "Inconclusive"]
@@ -535,7 +774,30 @@ class AnalysisInterval(_Model):
     at: datetime
 
 
-class RolloutStatus(_Model):
+class LastRollback(_Observed):
+    """The undo of a rolled-back revision's output."""
+
+    revision: str = Field(description="The rejected revision.")
+    reprocessed_documents: int = Field(
+        default=0, ge=0, description="Documents re-enqueued for the stable revision."
+    )
+    at: datetime | None = None
+
+
+class NoTrafficStatus(_Observed):
+    """A canary without work: since when, what is done about it, and until when."""
+
+    action: NoTrafficAction = Field(
+        description="The action in force (Golden without a golden set acts as Wait)."
+    )
+    since: datetime = Field(description="End of the first analysis interval without a job.")
+    deadline: datetime | None = Field(
+        default=None, description="When `Promote` promotes the canary; unset: no deadline."
+    )
+    message: str = Field(default="", max_length=4096)
+
+
+class RolloutStatus(_Observed):
     """The state of the latest rollout; enough to resume an analysis after an operator restart."""
 
     phase: RolloutPhase | None = None
@@ -545,9 +807,9 @@ class RolloutStatus(_Model):
     )
     started_at: datetime | None = Field(default=None, description="When the canary was started.")
     canary_replicas: int | None = None
-    failure_hold_seconds: float | None = Field(
+    canary_weight: float | None = Field(
         default=None,
-        description="DOCPIPE_FAILURE_HOLD_SECONDS of the canary: the stable's seconds per job.",
+        description="DOCPIPE_CANARY_WEIGHT of the canary: its share of the jobs (0 to 1).",
     )
     intervals: list[AnalysisInterval] = Field(
         default=[], max_length=200, description="Judged intervals of the analysis, oldest first."
@@ -558,9 +820,19 @@ class RolloutStatus(_Model):
     )
     rejected_reason: str | None = Field(default=None, max_length=4096)
     rejected_at: datetime | None = None
+    no_traffic: NoTrafficStatus | None = Field(
+        default=None,
+        description="Set while the canary gets no work: what rollout.noTraffic does about it, "
+        "and until when.",
+    )
+    last_rollback: LastRollback | None = Field(
+        default=None,
+        description="The undo of the latest rollback: documents whose chunks the rejected "
+        "revision wrote, re-enqueued for the stable revision.",
+    )
 
 
-class DocumentPipelineStatus(_Model):
+class DocumentPipelineStatus(_Observed):
     """The observed state, written by the operator only."""
 
     phase: Phase | None = None
@@ -594,6 +866,12 @@ class SpecError(ValueError):
     """A DocumentPipeline spec that does not validate; the message names each bad field."""
 
 
+_UNKNOWN_FIELD = (
+    "unknown field: not in the DocumentPipeline schema this operator serves (check its spelling, "
+    "and that the operator is as new as the CRD)"
+)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> DocumentPipelineSpec:
     """Validate a spec as read from the API; raise SpecError naming each offending field."""
     try:
@@ -602,7 +880,10 @@ def parse_spec(spec: Mapping[str, Any]) -> DocumentPipelineSpec:
         problems = []
         for error in exc.errors():
             where = ".".join(["spec", *(str(p) for p in error["loc"])])
-            problems.append(f"{where}: {error['msg']}")
+            message = _UNKNOWN_FIELD if error["type"] == "extra_forbidden" else error["msg"]
+            if error["type"] == "value_error":
+                message = str(error["ctx"]["error"])  # without pydantic's "Value error, "
+            problems.append(f"{where}: {message}")
         raise SpecError("; ".join(problems)) from None
 
 

@@ -24,8 +24,9 @@ import kopf
 
 from docpipe_operator import cluster, decision, rollout, telemetry
 from docpipe_operator.apply import apply_round
+from docpipe_operator.credentials import Credentials
 from docpipe_operator.decision import AnalysisWindow, Memory, revision_counters
-from docpipe_operator.observation import ChildIndexes, Observer, children_of
+from docpipe_operator.observation import ChildIndexes, Observer, SecretsPolicy, children_of
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,18 @@ class OperatorState:
     rounds: int = 0  # rounds run (for the benchmark)
 
     @classmethod
-    def connect(cls, info: kopf.ConnectionInfo) -> OperatorState:
-        """The state of an operator talking to the API described by `info`."""
+    def connect(
+        cls,
+        info: Credentials | kopf.ConnectionInfo,
+        *,
+        secrets: SecretsPolicy | None = None,
+    ) -> OperatorState:
+        """The state of an operator talking to the API with the credentials `info` (renewed, if
+        a `Credentials`); `secrets`: whether (and how often) it reads the Secrets pipelines
+        reference."""
         client = cluster.KubeClient(info)
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-        return cls(client, http, Observer(client, http))
+        return cls(client, http, Observer(client, http, secrets=secrets))
 
     def show(self, namespace: str | None, pipeline: str | None, kind: str, body: Any) -> None:
         """Note that a watch showed a child (added, changed or deleted): its uid satisfies the
@@ -101,6 +109,10 @@ async def run_round(
     now = time.monotonic() if tick is None else tick
     spec = pipeline.spec
     load = None
+    # First the referenced Secrets (cached; the load's queue read uses the DATABASE_URL read here).
+    secrets = None
+    if spec is not None:
+        secrets = await state.observer.secret_versions(pipeline.namespace, pipeline.name, spec)
     stored = replace(pipeline, status=memory.status or pipeline.status)
     if (
         spec is not None
@@ -113,8 +125,19 @@ async def run_round(
         monitoring = await state.observer.has_monitoring()
     wall = datetime.now(tz=UTC)
     decided, memory = decision.decide(
-        pipeline, children, memory, load=load, now=now, wall=wall, monitoring=monitoring
+        pipeline,
+        children,
+        memory,
+        load=load,
+        now=now,
+        wall=wall,
+        monitoring=monitoring,
+        secrets=secrets,
     )
+    if decided.undo is not None and spec is not None:
+        reprocessed = await state.observer.reprocess(pipeline, spec, decided.undo)
+        if reprocessed is not None:
+            decided = decided.undone(reprocessed, wall)
     return await apply_round(state.client, body, pipeline, decided, memory, wall)
 
 
@@ -160,8 +183,9 @@ async def run_pipeline(
                 last = tick
             try:
                 memory = await run_round(state, body, indexes, memory, tick=tick)
-            except (cluster.ApiError, aiohttp.ClientError, TimeoutError) as exc:
-                # The next round retries; a failed round never changes the worker count.
+            except (cluster.ApiError, aiohttp.ClientError, TimeoutError, kopf.LoginError) as exc:
+                # The next round retries (a failed renewal of the credentials too); a failed
+                # round never changes the worker count.
                 logger.warning("round failed: %s", exc)
             pipeline = decision.read_pipeline(body)
             interval = decision.round_interval(

@@ -20,6 +20,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from docpipe_operator import no_traffic
+from docpipe_operator.no_traffic import NoTrafficPolicy, NoTrafficState
+from docpipe_operator.quality import (
+    GoldenFigures,
+    GoldenPolicy,
+    OutputCounters,
+    OutputPolicy,
+    OutputSample,
+    judge_golden,
+    judge_output,
+    sample_output,
+)
+
 
 @dataclass(frozen=True)
 class RolloutPolicy:
@@ -37,6 +50,12 @@ class RolloutPolicy:
     failure_limit: int = 2
     # Seconds the canary's pods get to become ready before the revision is rolled back.
     progress_deadline_s: float = 120.0
+    # The output analysis' thresholds (spec.rollout.outputAnalysis).
+    output: OutputPolicy = field(default_factory=OutputPolicy)
+    # The golden set's thresholds (spec.rollout.goldenSet; disabled without one).
+    golden: GoldenPolicy = field(default_factory=GoldenPolicy)
+    # What a canary without work comes to (spec.rollout.noTraffic).
+    no_traffic: NoTrafficPolicy = field(default_factory=NoTrafficPolicy)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_error_ratio <= 1:
@@ -63,6 +82,10 @@ class RevisionSample:
     pods_ready: int
     # Container restarts during the interval.
     restarts: int = 0
+    # What the revision wrote over the interval; None when it was not measured.
+    output: OutputSample | None = None
+    # The canary workers' latest golden set comparison; None before one.
+    golden: GoldenFigures | None = None
 
     @property
     def error_ratio(self) -> float:
@@ -79,6 +102,8 @@ class IntervalOutcome(enum.StrEnum):
 class IntervalResult:
     outcome: IntervalOutcome
     reason: str
+    # The canary was ready and claimed no job at all: no traffic (see no_traffic.py).
+    idle: bool = False
 
 
 class Action(enum.StrEnum):
@@ -107,11 +132,28 @@ def judge_interval(
             IntervalOutcome.INCONCLUSIVE,
             f"{canary.pods_ready}/{canary.pods_desired} canary pods ready",
         )
+    golden = judge_golden(canary.golden, policy.golden)
+    if golden.regression is not None:
+        # The golden set needs no traffic: it fails an interval however few jobs came.
+        return IntervalResult(IntervalOutcome.FAILED, golden.regression)
+    if (
+        canary.claimed < policy.min_jobs
+        and golden.judged
+        and policy.no_traffic.effective is no_traffic.NoTrafficAction.GOLDEN
+    ):
+        # rollout.noTraffic: Golden: too few jobs to judge, the golden set judges instead.
+        return IntervalResult(
+            IntervalOutcome.PASSED,
+            f"canary claimed {canary.claimed:g} jobs (fewer than {policy.min_jobs});"
+            f" {golden.summary}",
+            idle=canary.claimed == 0,
+        )
     if canary.claimed < policy.min_jobs:
         return IntervalResult(
             IntervalOutcome.INCONCLUSIVE,
             f"canary claimed {canary.claimed:g} jobs,"
             f" fewer than the {policy.min_jobs} a verdict needs",
+            idle=canary.claimed == 0,
         )
     if canary.error_ratio > policy.max_error_ratio:
         return IntervalResult(
@@ -119,6 +161,18 @@ def judge_interval(
             f"canary error ratio {canary.error_ratio:.2f} above {policy.max_error_ratio:.2f}"
             f" ({canary.retried + canary.dead:g} of {canary.claimed:g} jobs failed)",
         )
+    output = None
+    if canary.output is not None:
+        output = judge_output(
+            canary.output, stable.output if stable is not None else None, policy.output
+        )
+        if output.regression is not None:
+            return IntervalResult(IntervalOutcome.FAILED, output.regression)
+        if not output.judged and policy.output.enabled and canary.output.documents > 0:
+            # Jobs enough but documents too few to judge what they wrote: never a pass. (A
+            # worker that reports no output at all, an image older than the counters, is judged
+            # on its jobs alone.)
+            return IntervalResult(IntervalOutcome.INCONCLUSIVE, output.summary)
     if (
         stable is not None
         and stable.stage_p95_s
@@ -130,9 +184,12 @@ def judge_interval(
             f"canary stage p95 {canary.stage_p95_s:.3f}s above {policy.max_latency_ratio:g}x"
             f" the stable's {stable.stage_p95_s:.3f}s",
         )
+    summary = f"; {output.summary}" if output is not None else ""
+    if golden.judged:
+        summary += f"; {golden.summary}"
     return IntervalResult(
         IntervalOutcome.PASSED,
-        f"canary error ratio {canary.error_ratio:.2f} over {canary.claimed:g} jobs",
+        f"canary error ratio {canary.error_ratio:.2f} over {canary.claimed:g} jobs{summary}",
     )
 
 
@@ -193,20 +250,10 @@ class RevisionCounters:
     stage_buckets: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     # Stage → total seconds spent in it (the histogram's _sum).
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
-
-
-def mean_job_seconds(pods: Sequence[RevisionCounters]) -> float | None:
-    """Seconds one job of a revision takes, from its pods' stage histograms (the sum over stages
-    of each stage's mean); None before any job finished a stage."""
-    total = 0.0
-    seen = False
-    for stage in {s for p in pods for s in p.stage_seconds}:
-        seconds = sum(p.stage_seconds.get(stage, 0.0) for p in pods)
-        count = sum(p.stage_buckets[stage][-1][1] for p in pods if p.stage_buckets.get(stage))
-        if count > 0:
-            total += seconds / count
-            seen = True
-    return total if seen else None
+    # What the revision wrote (documents, characters, chunks, vectors).
+    output: OutputCounters = field(default_factory=OutputCounters)
+    # The golden set comparison this pod exports for the revision (canary pods only).
+    golden: GoldenFigures | None = None
 
 
 def _delta(after: float, before: float | None) -> float:
@@ -261,6 +308,9 @@ def sample_interval(
                 into[bound] = into.get(bound, 0.0) + _delta(count, old.get(bound))
     p95s = [quantile_from_buckets(sorted(buckets.items()), 0.95) for buckets in merged.values()]
     known = [p for p in p95s if p is not None]
+    output = sample_output(
+        {pod: c.output for pod, c in before.items()}, {pod: c.output for pod, c in after.items()}
+    )
     return RevisionSample(
         claimed=claimed,
         retried=retried,
@@ -269,6 +319,8 @@ def sample_interval(
         pods_desired=pods_desired,
         pods_ready=pods_ready,
         restarts=restarts,
+        output=output,
+        golden=next((c.golden for c in after.values() if c.golden is not None), None),
     )
 
 
@@ -325,6 +377,15 @@ class RecordedInterval:
 
 
 @dataclass(frozen=True)
+class Undo:
+    """The undo of a rolled-back revision: its documents re-enqueued for the stable revision."""
+
+    revision: str
+    reprocessed_documents: int
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class RolloutState:
     """The rollout's memory, kept in the DocumentPipeline's status (see model.RolloutStatus)."""
 
@@ -333,12 +394,16 @@ class RolloutState:
     canary_revision: str | None = None
     started_at: datetime | None = None
     canary_replicas: int | None = None
-    failure_hold_s: float | None = None
+    # The canary's share of the jobs (DOCPIPE_CANARY_WEIGHT), fixed when it starts.
+    canary_weight: float | None = None
     intervals: tuple[RecordedInterval, ...] = ()
     message: str | None = None
     rejected_revision: str | None = None
     rejected_reason: str | None = None
     rejected_at: datetime | None = None
+    last_rollback: Undo | None = None
+    # Set while the canary has had no job (spec.rollout.noTraffic).
+    no_traffic: NoTrafficState | None = None
 
 
 @dataclass(frozen=True)
@@ -354,7 +419,8 @@ class Observed:
     paused: bool = False
     rollback_requested: bool = False
     interval: IntervalResult | None = None  # judged this round (only while analysing)
-    stable_seconds_per_job: float | None = None
+    # The share of the jobs a canary started this round gets (see canary_weight).
+    canary_weight: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -376,17 +442,13 @@ class Plan:
     clear_rollback_request: bool = False
 
 
-# A canary whose stable has not measured a job yet holds a failed slot this long.
-DEFAULT_FAILURE_HOLD_S = 1.0
-MIN_FAILURE_HOLD_S = 0.05
-
-
-def failure_hold_seconds(stable_seconds_per_job: float | None) -> float:
-    """DOCPIPE_FAILURE_HOLD_SECONDS for a canary: a failed job keeps its slot as long as a
-    stable worker takes for a job, so a fast-failing canary claims no faster than its share."""
-    if stable_seconds_per_job is None or stable_seconds_per_job <= 0:
-        return DEFAULT_FAILURE_HOLD_S
-    return round(max(stable_seconds_per_job, MIN_FAILURE_HOLD_S), 3)
+def canary_weight(split: Split, *, canary_replicas: int | None, canary_percent: int) -> float:
+    """The canary's share of the jobs (DOCPIPE_CANARY_WEIGHT): `canaryPercent` as a fraction;
+    with a fixed `canaryReplicas`, the canary's share of the workers in `split`."""
+    if canary_replicas is None:
+        return canary_percent / 100
+    pods = split.canary + split.stable
+    return round(split.canary / pods, 4) if pods else 1.0
 
 
 def _keep(intervals: tuple[RecordedInterval, ...]) -> tuple[RecordedInterval, ...]:
@@ -446,11 +508,12 @@ def plan(state: RolloutState, seen: Observed, policy: RolloutPolicy) -> Plan:
             stable_revision=stable,
             canary_revision=desired,
             started_at=seen.now,
-            failure_hold_s=failure_hold_seconds(seen.stable_seconds_per_job),
+            canary_weight=seen.canary_weight,
             message=f"canary of revision {desired} started beside stable {stable}",
             rejected_revision=state.rejected_revision,
             rejected_reason=state.rejected_reason,
             rejected_at=state.rejected_at,
+            last_rollback=state.last_rollback,
         )
         event = Event("Normal", "CanaryStarted", started.message or "")
         return Plan(False, True, started, event, clear_rollback_request=True)
@@ -477,6 +540,22 @@ def plan(state: RolloutState, seen: Observed, policy: RolloutPolicy) -> Plan:
     )
     resumed = state.phase is Phase.PAUSED
     analysed = replace(state, phase=Phase.PROGRESSING, intervals=intervals, message=verdict.reason)
+    idle = no_traffic.track(
+        state.no_traffic,
+        judged_idle=None if seen.interval is None else seen.interval.idle,
+        now=seen.now,
+        policy=policy.no_traffic,
+    )
+    if verdict.action is Action.CONTINUE:
+        failed = sum(1 for i in intervals if i.outcome is IntervalOutcome.FAILED)
+        promote, idle = no_traffic.promotion(
+            idle, seen.now, canary_ready=seen.canary_ready, failed_intervals=failed
+        )
+        if promote is not None:
+            verdict = Verdict(Action.PROMOTE, promote)
+        elif idle is not None:
+            analysed = replace(analysed, message=f"{verdict.reason}; {idle.message}")
+    analysed = replace(analysed, no_traffic=idle)
     if verdict.action is Action.ROLL_BACK:
         return _roll_back(analysed, seen, verdict.reason)
     if verdict.action is Action.PROMOTE:
@@ -508,3 +587,29 @@ def _roll_back(state: RolloutState, seen: Observed, reason: str) -> Plan:
     )
     event = Event("Warning", "RolledBack", rolled.message or "")
     return Plan(False, False, rolled, event, clear_rollback_request=True)
+
+
+# ---- Undo: the output of a rolled-back revision goes back to the stable revision ----
+
+
+# Past the pods' termination grace period, a pod of the rejected revision still listed (a lost
+# node, a stuck finalizer) no longer holds the undo back beyond this margin.
+UNDO_GRACE_MARGIN_S = 5.0
+
+
+def undo_due(
+    state: RolloutState, *, revision_pods_left: bool, now: datetime, grace_s: float
+) -> str | None:
+    """The rejected revision whose documents are to be re-enqueued now: once per rejection, after
+    its last pod is gone (a terminating pod may still finish a job and write chunks), or at the
+    latest the pods' termination grace period after the rejection (the kubelet has killed them)."""
+    revision = state.rejected_revision
+    if revision is None:
+        return None
+    if state.last_rollback is not None and state.last_rollback.revision == revision:
+        return None
+    if revision_pods_left:
+        since = (now - state.rejected_at).total_seconds() if state.rejected_at else 0.0
+        if since < grace_s + UNDO_GRACE_MARGIN_S:
+            return None
+    return revision

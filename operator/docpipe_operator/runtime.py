@@ -11,11 +11,16 @@ from collections.abc import Sequence
 import kopf
 
 from docpipe_operator import handlers
+from docpipe_operator.observation import SECRET_TTL_SECONDS, SecretsPolicy
 
 PEERING_NAME = "docpipe"
 # The peering object's name, when not the default: the Helm chart names it after its release
 # (two releases must not meet in one peering) and tells the operator here.
 PEERING_NAME_ENV = "DOCPIPE_PEERING_NAME"
+# Whether the operator reads the Secrets pipelines reference (`read`, the default, or `none`), and
+# how often it reads each again: the chart sets these from rbac.secrets.
+SECRETS_ENV = "DOCPIPE_SECRETS"
+SECRETS_REFRESH_ENV = "DOCPIPE_SECRETS_REFRESH_SECONDS"
 PREFIX = "docpipe.io"
 FINALIZER = f"{PREFIX}/operator"
 LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
@@ -64,6 +69,23 @@ def peering_name() -> str:
     return os.environ.get(PEERING_NAME_ENV, "").strip() or PEERING_NAME
 
 
+def secrets_policy(mode: str | None = None, refresh_seconds: float | None = None) -> SecretsPolicy:
+    """The Secret reads: `mode` (`read` or `none`) and the refresh interval, each else from the
+    environment ($DOCPIPE_SECRETS, $DOCPIPE_SECRETS_REFRESH_SECONDS), else the defaults."""
+    mode = (mode or os.environ.get(SECRETS_ENV, "") or "read").strip().lower()
+    if mode not in ("read", "none"):
+        raise ValueError(f"{SECRETS_ENV}={mode!r}: expected `read` or `none`")
+    if refresh_seconds is None:
+        raw = os.environ.get(SECRETS_REFRESH_ENV, "").strip()
+        try:
+            refresh_seconds = float(raw) if raw else SECRET_TTL_SECONDS
+        except ValueError:
+            raise ValueError(f"{SECRETS_REFRESH_ENV}={raw!r}: expected seconds") from None
+    if not 1 <= refresh_seconds <= 3600:
+        raise ValueError(f"{SECRETS_REFRESH_ENV}={refresh_seconds:g}: expected 1 to 3600 seconds")
+    return SecretsPolicy(read=mode == "read", refresh_seconds=refresh_seconds)
+
+
 def build_registry() -> kopf.OperatorRegistry:
     """A registry holding the operator's handlers (not Kopf's global one: tests run several)."""
     registry = kopf.OperatorRegistry()
@@ -79,8 +101,40 @@ async def run_operator(
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
     namespaces: Sequence[str] = (),
+    secret_reads: SecretsPolicy | None = None,
 ) -> None:
-    """Run the operator over `namespaces` (every namespace if none) until stopped or signalled."""
+    """Run the operator over `namespaces` (every namespace if none) until stopped or signalled;
+    `secret_reads`: whether it reads the pipelines' Secrets (default: `secrets_policy()`)."""
+    try:
+        await _operator(
+            liveness_endpoint=liveness_endpoint,
+            standalone=standalone,
+            priority=priority,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            namespaces=namespaces,
+            secret_reads=secret_reads,
+        )
+    except Exception as error:
+        # A failed login stops the operator at startup (handlers.start): say why, plainly.
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, kopf.LoginError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise kopf.LoginError(f"cannot log in to the Kubernetes API: {cause}") from None
+        raise
+
+
+async def _operator(
+    *,
+    liveness_endpoint: str | None,
+    standalone: bool,
+    priority: int | None,
+    stop_flag: asyncio.Event | None,
+    ready_flag: asyncio.Event | None,
+    namespaces: Sequence[str],
+    secret_reads: SecretsPolicy | None,
+) -> None:
     await kopf.operator(
         registry=build_registry(),
         settings=configure(kopf.OperatorSettings(), namespaces=namespaces),
@@ -94,5 +148,5 @@ async def run_operator(
         liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
-        memo=kopf.Memo(),
+        memo=kopf.Memo(secret_reads=secret_reads or secrets_policy()),
     )

@@ -297,6 +297,18 @@ def decide_replicas(
     ):
         action = "quota-up" if desired > current else "quota-down" if desired < current else "quota"
 
+    needed = math.ceil(raw - 1e-9)
+    if action in ("up", "up-limited") and needed < desired <= policy.min_replicas:
+        # The load alone asks for fewer: the floor is the cause (a raised minReplicas).
+        action = "up-min"
+    elif (
+        action == "down"
+        and desired >= policy.max_replicas
+        and (needed > desired or not load.complete)
+    ):
+        # The load asks for more (or is unknown, which never scales down): the ceiling is the
+        # cause (a lowered maxReplicas).
+        action = "down-max"
     figures = _describe_load(load, raw, job_seconds, seconds_per_job is not None, arrival)
     reason = _reason(action, current, desired, figures, policy, idle_for, load.complete)
     if held and action != "zero":
@@ -587,6 +599,16 @@ def _reason(
         return f"scaling {current} → 0: no work for {idle_for:.0f}s ({figures})"
     if action == "up":
         return f"scaling up {current} → {desired} {target} ({figures})"
+    if action == "up-min":
+        return (
+            f"scaling up {current} → {desired}: spec.scaling.minReplicas is "
+            f"{policy.min_replicas} ({figures})"
+        )
+    if action == "down-max":
+        return (
+            f"scaling down {current} → {desired}: spec.scaling.maxReplicas is "
+            f"{policy.max_replicas} ({figures})"
+        )
     if action == "up-limited":
         return (
             f"scaling up {current} → {desired}, at most {policy.max_scale_up_step} at a time "

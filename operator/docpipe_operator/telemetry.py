@@ -18,10 +18,11 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from docpipe_contracts import metrics
+from docpipe_operator.quality import GoldenFigures, OutputCounters
 from docpipe_operator.rendering import LABEL_REVISION, LABEL_TRACK, TRACK_CANARY
 from docpipe_operator.rollout import RevisionCounters
 from docpipe_operator.scaling import MetricsSnapshot, PodMetrics, QueueMetrics, QuotaKey
-from docpipe_queue import statistics
+from docpipe_queue import reprocessing, statistics
 
 IN_FLIGHT = metrics.JOBS_IN_FLIGHT.name
 SUCCEEDED = metrics.JOBS_SUCCEEDED.name
@@ -37,6 +38,39 @@ QUOTA_WAIT = metrics.QUOTA_WAIT_SECONDS.name
 QUOTA_HELD = metrics.QUOTA_HELD.name
 PIPELINE_LABEL = metrics.PIPELINE_LABEL
 REVISION_LABEL = metrics.REVISION_LABEL
+# The output counters (family name → OutputCounters field) the output analysis compares.
+OUTPUT_FIELDS = {
+    metrics.OUTPUT_DOCUMENTS.name: "documents",
+    metrics.OUTPUT_INPUT_BYTES.name: "input_bytes",
+    metrics.OUTPUT_EXTRACTED_CHARS.name: "extracted_chars",
+    metrics.OUTPUT_CHUNKS.name: "chunks",
+    metrics.OUTPUT_EMPTY_DOCUMENTS.name: "empty_documents",
+    metrics.OUTPUT_VECTORS.name: "vectors",
+    metrics.OUTPUT_DEGENERATE_VECTORS.name: "degenerate_vectors",
+}
+VECTOR_NORM = metrics.OUTPUT_VECTOR_NORM.name
+# The golden set gauges a canary worker exports (family name → GoldenFigures field).
+GOLDEN_FIELDS = {
+    metrics.GOLDEN_TEXT_OVERLAP.name: "text_overlap",
+    metrics.GOLDEN_CHUNK_RATIO.name: "chunk_ratio",
+    metrics.GOLDEN_COSINE.name: "cosine",
+    metrics.GOLDEN_RECALL.name: "recall",
+    metrics.GOLDEN_STABLE_RECALL.name: "stable_recall",
+}
+
+
+def golden_figures(values: Mapping[str, float]) -> GoldenFigures | None:
+    """The figures of the golden gauges read (field → value); None without the three that are
+    always set."""
+    if not {"text_overlap", "chunk_ratio", "cosine"} <= set(values):
+        return None
+    return GoldenFigures(
+        text_overlap=values["text_overlap"],
+        chunk_ratio=values["chunk_ratio"],
+        cosine=values["cosine"],
+        recall=values.get("recall"),
+        stable_recall=values.get("stable_recall"),
+    )
 
 
 @dataclass(frozen=True)
@@ -107,8 +141,10 @@ def _revision_counters(
     dead: dict[str, float],
     buckets: dict[str, dict[str, dict[float, float]]],
     sums: dict[str, dict[str, float]],
+    output: dict[str, dict[str, float]],
+    golden: dict[str, dict[str, float]],
 ) -> dict[str, RevisionCounters]:
-    revisions = set(claimed) | set(retried) | set(dead) | set(buckets)
+    revisions = set(claimed) | set(retried) | set(dead) | set(buckets) | set(output) | set(golden)
     return {
         r: RevisionCounters(
             claimed=claimed.get(r, 0.0),
@@ -118,6 +154,8 @@ def _revision_counters(
                 stage: tuple(sorted(counts.items())) for stage, counts in buckets.get(r, {}).items()
             },
             stage_seconds=dict(sums.get(r, {})),
+            output=OutputCounters(**output.get(r, {})),
+            golden=golden_figures(golden.get(r, {})),
         )
         for r in revisions
     }
@@ -135,11 +173,25 @@ def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
     counters: dict[str, dict[str, float]] = {CLAIMED: {}, RETRIED: {}, DEAD: {}}
     buckets: dict[str, dict[str, dict[float, float]]] = {}
     sums: dict[str, dict[str, float]] = {}
+    output: dict[str, dict[str, float]] = {}
+    golden: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.labels.get(PIPELINE_LABEL) != pipeline:
                 continue
             revision = sample.labels.get(REVISION_LABEL, "")
+            field_name = OUTPUT_FIELDS.get(family.name)
+            if family.name == VECTOR_NORM and sample.name.endswith(("_sum", "_count")):
+                field_name = "norm_sum" if sample.name.endswith("_sum") else "norm_count"
+            elif field_name is not None and not sample.name.endswith("_total"):
+                field_name = None
+            if field_name is not None:
+                by_field = output.setdefault(revision, {})
+                by_field[field_name] = by_field.get(field_name, 0.0) + sample.value
+                continue
+            if family.name in GOLDEN_FIELDS:
+                golden.setdefault(revision, {})[GOLDEN_FIELDS[family.name]] = sample.value
+                continue
             if family.name in counters and sample.name.endswith("_total"):
                 into = counters[family.name]
                 into[revision] = into.get(revision, 0.0) + sample.value
@@ -177,7 +229,7 @@ def parse_worker_metrics(text: str, pipeline: str) -> WorkerReading:
         else None
     )
     revisions = _revision_counters(
-        counters[CLAIMED], counters[RETRIED], counters[DEAD], buckets, sums
+        counters[CLAIMED], counters[RETRIED], counters[DEAD], buckets, sums, output, golden
     )
     return WorkerReading(
         in_flight,
@@ -436,6 +488,8 @@ class RevisionIncrease:
     retried: float = 0.0
     dead: float = 0.0
     stage_p95_s: float | None = None  # the slowest stage's p95; None when no stage finished
+    output: OutputCounters = field(default_factory=OutputCounters)
+    golden: GoldenFigures | None = None  # the canary pods' latest golden set comparison
 
 
 async def query_revision_increases(
@@ -464,6 +518,19 @@ async def query_revision_increases(
                 for family in (CLAIMED, RETRIED, DEAD)
             },
             "p95": f"max by ({REVISION_LABEL}) (histogram_quantile(0.95, {buckets}))",
+            **{
+                family: f"sum by ({REVISION_LABEL}) (increase({family}_total{selector}{window}))"
+                for family in OUTPUT_FIELDS
+            },
+            **{
+                f"{VECTOR_NORM}_{part}": f"sum by ({REVISION_LABEL})"
+                f" (increase({VECTOR_NORM}_{part}{selector}{window}))"
+                for part in ("sum", "count")
+            },
+            **{
+                family: f"max by ({REVISION_LABEL}) ({family}{selector})"
+                for family in GOLDEN_FIELDS
+            },
         },
         timeout_s,
     )
@@ -477,12 +544,19 @@ async def query_revision_increases(
     increases = {}
     for revision, by_key in figures.items():
         p95 = by_key.get("p95")
+        output = {name: by_key.get(family, 0.0) for family, name in OUTPUT_FIELDS.items()}
+        output["norm_sum"] = by_key.get(f"{VECTOR_NORM}_sum", 0.0)
+        output["norm_count"] = by_key.get(f"{VECTOR_NORM}_count", 0.0)
         increases[revision] = RevisionIncrease(
             claimed=by_key.get(CLAIMED, 0.0),
             retried=by_key.get(RETRIED, 0.0),
             dead=by_key.get(DEAD, 0.0),
             # NaN: no observation in the window (histogram_quantile of empty buckets).
             stage_p95_s=p95 if p95 is not None and math.isfinite(p95) else None,
+            output=OutputCounters(**output),
+            golden=golden_figures(
+                {name: by_key[family] for family, name in GOLDEN_FIELDS.items() if family in by_key}
+            ),
         )
     return increases
 
@@ -496,11 +570,33 @@ def secret_value(secret: dict[str, Any], key: str) -> str | None:
     return text
 
 
+# Re-enqueueing a rolled-back revision's documents may touch many rows: its own timeout.
+UNDO_TIMEOUT_SECONDS = 60.0
+
+
 class QueueReader:
-    """Reads a pipeline's ready jobs straight from the queue table, one pool per database."""
+    """Reads a pipeline's ready jobs straight from the queue table, one pool per database; and
+    re-enqueues a rolled-back revision's documents (the one write the operator makes there)."""
 
     def __init__(self) -> None:
         self._pools: dict[str, asyncpg.Pool] = {}
+        self._undo_pools: dict[str, asyncpg.Pool] = {}
+
+    async def reprocess(self, database_url: str, pipeline: str, revision: str) -> int:
+        """Re-enqueue, for the stable revision, every document of `pipeline` whose chunks
+        `revision` wrote; the number of documents."""
+        pool = self._undo_pools.get(database_url)
+        if pool is None:
+            pool = await asyncpg.create_pool(
+                database_url,
+                min_size=0,
+                max_size=1,
+                timeout=UNDO_TIMEOUT_SECONDS,
+                command_timeout=UNDO_TIMEOUT_SECONDS,
+            )
+            self._undo_pools[database_url] = pool
+        async with pool.acquire(timeout=UNDO_TIMEOUT_SECONDS) as conn:
+            return await reprocessing.reprocess_revision(conn, revision=revision, pipeline=pipeline)
 
     async def read(self, database_url: str, pipeline: str, *, timeout_s: float) -> QueueMetrics:
         """Ready jobs and the oldest ready age of one pipeline (one cheap query)."""
@@ -519,6 +615,7 @@ class QueueReader:
 
     async def close(self) -> None:
         """Close every pool."""
-        for pool in self._pools.values():
+        for pool in (*self._pools.values(), *self._undo_pools.values()):
             await pool.close()
         self._pools.clear()
+        self._undo_pools.clear()

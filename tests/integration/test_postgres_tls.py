@@ -35,6 +35,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from docpipe_operator.model import parse_spec
+from docpipe_operator.observation import url_with_ca
+from docpipe_operator.rendering import render_pod_template
+from docpipe_operator.telemetry import QueueReader
+from docpipe_queue import jobs
 from docpipe_queue.database import WORKER_SESSION, DatabaseTLSError, connect, create_pool
 from tests.support.ports import free_port
 
@@ -475,3 +480,80 @@ async def test_docpipe_migrates_and_pools_work_over_verify_full(
     plain = tls_url(terminator.port, database, sslmode="disable")
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
         await connect(plain)
+
+
+# --- the CA of spec.database.caSecretRef: mounted in the workers, used by the operator ----------
+
+
+def _worker_ca_env(mounted: Path, ca: Path) -> dict[str, str]:
+    """The PGSSL* variables of a worker pod the operator renders with a database CA, with the
+    kubelet's part done here: the Secret's key written where the pod mounts it (under `mounted`)."""
+    spec = parse_spec(
+        {
+            "worker": {"image": "docpipe:1"},
+            "database": {
+                "urlSecretRef": {"name": "db", "key": "url"},
+                "caSecretRef": {"name": "db-ca", "key": "ca.crt"},
+            },
+            "embedder": {"baseUrl": "http://mocks/v1"},
+        }
+    )
+    pod = render_pod_template("docs", spec)["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "postgres-ca"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] is True
+    folder = mounted / mount["mountPath"].lstrip("/")
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in volume["secret"]["items"]:
+        shutil.copy(ca, folder / item["path"])
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("PGSSL")}
+    env["PGSSLROOTCERT"] = str(mounted / env["PGSSLROOTCERT"].lstrip("/"))
+    return env
+
+
+async def test_a_worker_pod_with_the_database_ca_mounted_verifies_the_server(
+    pki: Pki, terminator: TlsTerminator, database_url: str, tmp_path: Path
+) -> None:
+    database = urlsplit(database_url).path.lstrip("/")
+    # DATABASE_URL says nothing of TLS: the pod's variables turn verify-full on.
+    url = f"postgresql://postgres@localhost:{terminator.port}/{database}"
+    env = _worker_ca_env(tmp_path / "right", pki.ca)
+    assert env["PGSSLMODE"] == "verify-full"
+    before = terminator.tls_sessions
+
+    def docpipe(variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "docpipe_cli.main", "jobs", "stats"],
+            env={**os.environ, "DATABASE_URL": url, **variables},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = await asyncio.to_thread(docpipe, env)
+    assert done.returncode == 0, done.stderr
+    assert terminator.tls_sessions > before
+
+    refused = await asyncio.to_thread(docpipe, _worker_ca_env(tmp_path / "wrong", pki.other_ca))
+    assert refused.returncode == 1
+    assert "failed verification" in refused.stderr
+
+
+async def test_the_operator_reads_the_queue_over_verify_full_with_the_pipelines_ca(
+    pki: Pki, terminator: TlsTerminator, database_url: str, pool: asyncpg.Pool
+) -> None:
+    await jobs.enqueue(pool, [jobs.NewJob(pipeline="docs") for _ in range(3)])
+    database = urlsplit(database_url).path.lstrip("/")
+    url = f"postgresql://postgres@localhost:{terminator.port}/{database}"
+    reader = QueueReader()
+    try:
+        before = terminator.tls_sessions
+        queue = await reader.read(url_with_ca(url, str(pki.ca)), "docs", timeout_s=10)
+        assert queue.ready_jobs == 3
+        assert terminator.tls_sessions > before
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await reader.read(url_with_ca(url, str(pki.other_ca)), "docs", timeout_s=10)
+    finally:
+        await reader.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import yaml
 
 from tests.support.cluster import NAMESPACE, OperatorProcess, pipeline, pipeline_body
 from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, KubernetesApi
@@ -93,11 +94,48 @@ async def test_drift_on_the_deployment_is_reverted(
     await eventually(reverted, within=5, what="the drift to be reverted")
 
 
-async def test_an_invalid_spec_gives_a_condition_and_an_event_not_children(
+async def test_the_api_server_refuses_an_invalid_spec_with_the_rule_message_and_no_children(
     api: KubernetesApi, operator: OperatorProcess
 ) -> None:
+    assert api.kubeconfig is not None
+    config = yaml.safe_load(api.kubeconfig.read_text())
+    server = config["clusters"][0]["cluster"]["server"]
+    headers = {"Authorization": f"Bearer {config['users'][0]['user']['token']}"}
+    url = f"{server}/apis/docpipe.io/v1alpha1/namespaces/{NAMESPACE}/documentpipelines"
     body = pipeline_body(scaling={"minReplicas": 5, "maxReplicas": 2})
-    api.create_object(DOCPIPE_RESOURCE, NAMESPACE, body)
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.post(url, json=body) as response,
+    ):
+        status, refusal = response.status, await response.json()
+    assert status == 422
+    assert (refusal["kind"], refusal["status"], refusal["reason"]) == (
+        "Status",
+        "Failure",
+        "Invalid",
+    )
+    assert refusal["message"] == (
+        'DocumentPipeline.docpipe.io "docs" is invalid: spec.scaling: Invalid value: "object": '
+        "scaling.minReplicas must be <= scaling.maxReplicas"
+    )
+    assert refusal["details"]["causes"] == [
+        {
+            "reason": "FieldValueInvalid",
+            "message": 'Invalid value: "object": '
+            "scaling.minReplicas must be <= scaling.maxReplicas",
+            "field": "spec.scaling",
+        }
+    ]
+    assert pipeline(api) is None
+    assert _deployment(api) is None
+
+
+async def test_a_stored_spec_that_breaks_todays_rules_gives_a_condition_and_an_event(
+    api: KubernetesApi, operator: OperatorProcess
+) -> None:
+    # As if stored before the CRD had the rule: the API server keeps it, the operator refuses it.
+    body = pipeline_body(scaling={"minReplicas": 5, "maxReplicas": 2})
+    api.create_object(DOCPIPE_RESOURCE, NAMESPACE, body, validate=False)
 
     def ready_condition() -> dict | None:  # type: ignore[type-arg]
         for c in (pipeline(api) or {}).get("status", {}).get("conditions", []):

@@ -87,7 +87,8 @@ async def test_a_good_revision_is_promoted_and_its_canary_removed(
     assert _image(_deployment(api, "docs-worker")) == "docpipe:1"
     assert _image(canary) == "docpipe:2"
     assert _env(canary)["DOCPIPE_CANARY"] == "true"
-    assert float(_env(canary)["DOCPIPE_FAILURE_HOLD_SECONDS"]) > 0
+    # The default canaryPercent (20): the canary claims a fifth of the jobs.
+    assert float(_env(canary)["DOCPIPE_CANARY_WEIGHT"]) == 0.2
     # Capacity is split, not added: 3 workers, one of them the canary.
     assert canary["spec"]["replicas"] == 1
     assert (_deployment(api, "docs-worker") or {})["spec"]["replicas"] == 2

@@ -161,3 +161,25 @@ def test_quota_limited_posts_an_event_when_it_starts_and_when_it_ends() -> None:
     assert warned is not None
     assert (warned.type, warned.reason) == ("Warning", "QuotaLimited")
     assert "InsufficientQuota" in warned.message
+
+
+def test_every_condition_carries_the_generation_it_was_set_from() -> None:
+    first = build_status(
+        DocumentPipelineStatus(), Observation(3, decision=_quota_decision(limited=True)), T0
+    )
+    invalid = build_status(first, Observation(4, spec_error="spec.worker.image: bad"), T0)
+
+    assert {c.type: c.observed_generation for c in first.conditions} == {
+        "Ready": 3,
+        "Scaling": 3,
+        "Degraded": 3,
+        "QuotaLimited": 3,
+    }
+    # QuotaLimited was not decided again with generation 4: it still says 3.
+    assert {c.type: c.observed_generation for c in invalid.conditions} == {
+        "Ready": 4,
+        "Scaling": 4,
+        "Degraded": 4,
+        "QuotaLimited": 3,
+    }
+    assert invalid.observed_generation == 4

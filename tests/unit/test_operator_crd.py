@@ -156,7 +156,26 @@ def test_unknown_fields_are_preserved_only_in_pod_spec_passthroughs() -> None:
         if node.get("x-kubernetes-preserve-unknown-fields")
     }
 
-    assert preserved == {".spec.worker.resources", ".spec.worker.extraEnv[].valueFrom"}
+    assert preserved == {
+        ".spec.worker.extraEnv[].valueFrom",
+        ".spec.worker.extraVolumes[].projected",
+        ".spec.worker.extraVolumes[].downwardAPI",
+        ".spec.worker.extraVolumes[].csi",
+        ".spec.worker.extraVolumes[].ephemeral",
+    }
+
+
+def test_an_unknown_spec_field_is_pruned_by_the_api_server_and_refused_by_the_operator() -> None:
+    # No preserve-unknown-fields on the way down: a real API server prunes the field (or, with
+    # kubectl's strict field validation, refuses it); the operator refuses what reaches it.
+    worker = spec_schema()["properties"]["worker"]
+    assert "x-kubernetes-preserve-unknown-fields" not in spec_schema()
+    assert "x-kubernetes-preserve-unknown-fields" not in worker
+    assert "nodeSelecter" not in worker["properties"]
+    spec = {**EXAMPLE_SPEC, "worker": {**EXAMPLE_SPEC["worker"], "nodeSelecter": {"a": "b"}}}
+
+    with pytest.raises(SpecError, match=r"spec\.worker\.nodeSelecter: unknown field"):
+        parse_spec(spec)
 
 
 def test_every_default_is_valid_against_its_own_schema() -> None:
@@ -235,6 +254,57 @@ def test_cross_field_rules_are_cel_validations_on_the_schema() -> None:
             },
             "may not set a variable the operator sets",
         ),
+        ({"worker": {"image": "Not A Valid Image!!"}}, "must be an image reference"),
+        ({"worker": {"image": "ghcr.io/Example/docpipe:1.0"}}, "must be an image reference"),
+        ({"worker": {"image": "docpipe:"}}, "must be an image reference"),
+        (
+            {"worker": {"image": "x", "podLabels": {"docpipe.io/pipeline": "other"}}},
+            "may not set the labels docpipe selects its pods by",
+        ),
+        (
+            {"worker": {"image": "x", "podAnnotations": {"docpipe.io/secrets-version": "1"}}},
+            "podAnnotations may not set",
+        ),
+        (
+            {"worker": {"image": "x", "extraVolumes": [{"name": "tmp", "emptyDir": {}}]}},
+            "names of docpipe's own volumes",
+        ),
+        (
+            {
+                "worker": {
+                    "image": "x",
+                    "extraVolumes": [{"name": "data", "emptyDir": {}}],
+                    "extraVolumeMounts": [{"name": "data", "mountPath": "/tmp/data"}],
+                }
+            },
+            "at or below docpipe's own mount paths",
+        ),
+        (
+            {
+                "worker": {
+                    "image": "x",
+                    "extraVolumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }
+            },
+            "each mount names one of worker.extraVolumes",
+        ),
+        (
+            {"worker": {"image": "x", "extraVolumes": [{"name": "data"}]}},
+            "exactly one source",
+        ),
+        (
+            {"worker": {"image": "x", "tolerations": [{"operator": "Equal", "value": "v"}]}},
+            "an empty key needs operator Exists",
+        ),
+        (
+            {
+                "worker": {
+                    "image": "x",
+                    "topologySpreadConstraints": [{"topologyKey": "zone", "minDomains": 2}],
+                }
+            },
+            "minDomains needs whenUnsatisfiable DoNotSchedule",
+        ),
     ],
 )
 def test_api_server_and_model_refuse_an_inconsistent_spec_with_the_same_message(
@@ -255,6 +325,22 @@ def test_api_server_and_model_refuse_an_inconsistent_spec_with_the_same_message(
         {"metrics": {"source": "prometheus", "prometheus": {"url": "http://prom:9090"}}},
         {"embedder": {"baseUrl": "http://mocks:8080/v1"}},
         {"parser": {"kind": "local"}},
+        {"worker": {"image": "registry.example.com:5000/team/docpipe@sha256:" + "a" * 64}},
+        {"worker": {"image": "localhost/docpipe_worker:2026.1-rc.1"}},
+        {
+            "worker": {
+                "image": "docpipe",
+                "nodeSelector": {"pool": "ingest"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "topologySpreadConstraints": [],
+                "priorityClassName": "ingest",
+                "podLabels": {"team": "search"},
+                "podAnnotations": {"example.com/owner": "search"},
+                "extraVolumes": [{"name": "models", "configMap": {"name": "models"}}],
+                "extraVolumeMounts": [{"name": "models", "mountPath": "/models"}],
+            }
+        },
+        {"rollout": {"noTraffic": {"action": "Wait"}}},
     ],
 )
 def test_api_server_and_model_both_admit_a_consistent_spec(change: dict[str, Any]) -> None:
@@ -296,9 +382,12 @@ def test_printer_columns_show_ready_desired_queue_phase_age() -> None:
         "Desired",
         "Queue",
         "Phase",
+        "Rollout",
         "Age",
     ]
     assert columns["Queue"]["jsonPath"] == ".status.queueDepth"
+    assert columns["Rollout"]["jsonPath"] == ".status.rollout.phase"
+    assert [c for c in columns if columns[c].get("priority") == 1] == ["Image", "Reason"]
     assert columns["Age"]["type"] == "date"
 
 
@@ -308,3 +397,14 @@ def test_conditions_are_a_map_list_keyed_by_type() -> None:
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert "type" in conditions["items"]["required"]
+
+
+def test_cel_rules_use_no_escape_sequence_cel_strings_refuse() -> None:
+    # cel-go accepts only \\ \' \" \` \? \a \b \f \n \r \t \v and numeric escapes in a string
+    # literal; a regex's `\.` in a rule would make the API server refuse the whole CRD.
+    allowed = set("\\'\"`?abfnrtvxuU01234567")
+    for path, node in walk(root_schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            text = rule["rule"]
+            escapes = {text[i + 1] for i, c in enumerate(text[:-1]) if c == "\\"}
+            assert escapes <= allowed, f"{path}: {text}"

@@ -297,6 +297,41 @@ def test_a_changed_template_starts_a_canary_and_the_stable_keeps_its_template() 
     assert decided.interval_s == 2.0
 
 
+def test_a_canary_of_fixed_size_gets_its_share_of_the_pods_as_weight_fixed_for_its_life() -> None:
+    fixed = {"canaryReplicas": 1}
+    first, memory = run(read_pipeline(body(replicas=4, rollout=fixed)), Children())
+    children = stored(first, ready=4)
+    memory = replace(memory, status=first.status)
+
+    started, memory = run(
+        read_pipeline(body("docpipe:2", replicas=4, rollout=fixed)), children, memory, now=101
+    )
+
+    canary = {(c.verb, c.name): c.body for c in started.changes}[("create", "docs-worker-canary")]
+    assert canary is not None
+    env = {
+        e["name"]: e.get("value")
+        for e in canary["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["DOCPIPE_CANARY_WEIGHT"] == "0.25"  # 1 of 4 workers
+    assert started.status.rollout is not None
+    assert started.status.rollout.canary_weight == 0.25
+    # The fleet grows: the weight stays, so the canary's pods are not restarted.
+    memory = replace(memory, status=started.status)
+    grown, _ = run(
+        read_pipeline(body("docpipe:2", replicas=8, rollout=fixed)),
+        stored(started, ready=4),
+        memory,
+        now=102,
+    )
+    for change in grown.changes:
+        if change.name == "docs-worker-canary" and change.body is not None:
+            container = change.body["spec"]["template"]["spec"]["containers"][0]
+            assert {e["name"]: e.get("value") for e in container["env"]}[
+                "DOCPIPE_CANARY_WEIGHT"
+            ] == "0.25"
+
+
 def test_with_the_rolling_strategy_the_stable_takes_the_new_template() -> None:
     rolling = {"strategy": "Rolling"}
     first, memory = run(read_pipeline(body(rollout=rolling)), Children())

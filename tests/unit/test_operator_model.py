@@ -186,3 +186,70 @@ def test_valid_pipeline_name_is_accepted(name: str) -> None:
 def test_pipeline_name_unfit_for_child_names_is_refused(name: str) -> None:
     with pytest.raises(SpecError, match=r"metadata\.name"):
         check_name(name)
+
+
+@pytest.mark.parametrize(
+    ("where", "spec"),
+    [
+        ("spec.worker.nodeSelecter", minimal_spec(worker={"image": "x", "nodeSelecter": {}})),
+        ("spec.scaling.maxReplica", minimal_spec(scaling={"maxReplica": 3})),
+        ("spec.autoscale", minimal_spec(autoscale=True)),
+    ],
+)
+def test_an_unknown_spec_field_is_refused_naming_it(where: str, spec: dict[str, Any]) -> None:
+    with pytest.raises(SpecError, match=where.replace(".", r"\.") + ": unknown field"):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "Not A Valid Image!!",
+        "ghcr.io/Example/docpipe:1.0",
+        "docpipe:",
+        "docpipe:1.0:2",
+        "ghcr.io/example/docpipe@sha256:short",
+        "/docpipe",
+        "docpipe worker",
+    ],
+)
+def test_an_invalid_image_reference_is_refused(image: str) -> None:
+    with pytest.raises(SpecError, match=r"spec\.worker.*must be an image reference"):
+        parse_spec(minimal_spec(worker={"image": image}))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "docpipe",
+        "ghcr.io/example/docpipe:1.0",
+        "localhost:5000/docpipe-worker:0.1.0",
+        "registry.example.com/a/b/c/docpipe_worker:v1.2.3-rc.1",
+        "docpipe@sha256:" + "0123456789abcdef" * 4,
+        "ghcr.io/example/docpipe:1.0@sha256:" + "0123456789abcdef" * 4,
+    ],
+)
+def test_a_valid_image_reference_is_accepted(image: str) -> None:
+    assert parse_spec(minimal_spec(worker={"image": image})).worker.image == image
+
+
+def test_a_status_with_fields_this_operator_does_not_know_still_reads() -> None:
+    # Kopf keeps its own fields in the status, and a newer operator may have written more.
+    status = DocumentPipelineStatus.model_validate(
+        {
+            "phase": "Running",
+            "kopf": {"progress": {}},
+            "conditions": [{"type": "Ready", "status": "True", "severity": "Info"}],
+            "rollout": {"phase": "Progressing", "futureField": 1},
+        }
+    )
+
+    assert status.phase == "Running"
+    assert status.rollout is not None
+    assert status.rollout.phase == "Progressing"
+
+
+def test_a_condition_carries_the_generation_it_was_set_from() -> None:
+    condition = Condition(type="Ready", status="True", observed_generation=4)
+
+    assert dump(condition)["observedGeneration"] == 4

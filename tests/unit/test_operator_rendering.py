@@ -252,15 +252,18 @@ def test_every_variable_the_operator_sets_is_reserved_from_extra_env() -> None:
             "openai": {"requestsPerMinute": 3000, "tokensPerMinute": 1_000_000},
             "llamaparse": {"uploadsPerMinute": 300},
         },
+        rollout={"goldenSet": {"configMap": "samples"}},
     )
 
-    canary = render_canary_deployment(NAME, NAMESPACE, spec, replicas=1, failure_hold_seconds=0.5)
+    canary = render_canary_deployment(
+        NAME, NAMESPACE, spec, replicas=1, canary_weight=0.2, stable_revision="abc"
+    )
     assert set(env_of(deployment(spec))) | set(env_of(canary)) == set(RESERVED_ENV_NAMES)
 
 
-def test_canary_runs_the_spec_revision_told_it_is_a_canary_with_its_failure_hold() -> None:
+def test_canary_runs_the_spec_revision_told_it_is_a_canary_with_its_weight() -> None:
     spec = make_spec()
-    canary = render_canary_deployment(NAME, NAMESPACE, spec, replicas=2, failure_hold_seconds=1.25)
+    canary = render_canary_deployment(NAME, NAMESPACE, spec, replicas=2, canary_weight=0.25)
 
     assert canary["metadata"]["name"] == "docs-worker-canary"
     assert canary["spec"]["replicas"] == 2
@@ -268,14 +271,12 @@ def test_canary_runs_the_spec_revision_told_it_is_a_canary_with_its_failure_hold
     assert revision_of(canary) == revision_of(deployment(spec))
     assert env_of(canary)["DOCPIPE_REVISION"] == revision_of(canary)
     assert env_of(canary)["DOCPIPE_CANARY"] == "true"
-    assert env_of(canary)["DOCPIPE_FAILURE_HOLD_SECONDS"] == "1.25"
+    assert env_of(canary)["DOCPIPE_CANARY_WEIGHT"] == "0.25"
     assert "DOCPIPE_CANARY" not in env_of(deployment(spec))
 
 
 def test_canary_pods_are_told_apart_from_stable_pods_but_share_the_pipeline_selector() -> None:
-    canary = render_canary_deployment(
-        NAME, NAMESPACE, make_spec(), replicas=1, failure_hold_seconds=1
-    )
+    canary = render_canary_deployment(NAME, NAMESPACE, make_spec(), replicas=1, canary_weight=0.2)
     stable = deployment()
     canary_selector = canary["spec"]["selector"]["matchLabels"]
     pod_labels = canary["spec"]["template"]["metadata"]["labels"]

@@ -121,7 +121,7 @@ def test_continue_reports_progress() -> None:
 )
 def test_policy_refuses_non_positive_values(field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        RolloutPolicy(**{field: 0})
+        RolloutPolicy(**{field: 0})  # type: ignore[arg-type]
 
 
 outcomes = st.lists(st.sampled_from([PASS, FAIL, NONE]), max_size=30)

@@ -18,9 +18,9 @@ from docpipe_operator.rollout import (
     RevisionCounters,
     RolloutPolicy,
     RolloutState,
+    Split,
     Strategy,
-    failure_hold_seconds,
-    mean_job_seconds,
+    canary_weight,
     plan,
     quantile_from_buckets,
     sample_interval,
@@ -46,7 +46,7 @@ def seen(**overrides: object) -> Observed:
 
 
 def started() -> RolloutState:
-    return plan(RolloutState(stable_revision="old"), seen(stable_seconds_per_job=0.4), POLICY).state
+    return plan(RolloutState(stable_revision="old"), seen(canary_weight=0.25), POLICY).state
 
 
 def test_a_first_deployment_is_not_a_rollout() -> None:
@@ -58,14 +58,14 @@ def test_a_first_deployment_is_not_a_rollout() -> None:
 
 
 def test_a_changed_template_starts_a_canary_and_keeps_the_stable() -> None:
-    step = plan(RolloutState(stable_revision="old"), seen(stable_seconds_per_job=0.4), POLICY)
+    step = plan(RolloutState(stable_revision="old"), seen(canary_weight=0.25), POLICY)
 
     assert step.run_canary
     assert not step.stable_takes_desired
     assert step.state.phase is Phase.PROGRESSING
     assert (step.state.stable_revision, step.state.canary_revision) == ("old", "new")
     assert step.state.started_at == T0
-    assert step.state.failure_hold_s == 0.4
+    assert step.state.canary_weight == 0.25
     assert step.event is not None
     assert step.event.reason == "CanaryStarted"
 
@@ -215,10 +215,19 @@ def test_split_keeps_a_canary_and_a_stable_worker(total: int, percent: int) -> N
         assert split.stable + split.canary == total
 
 
-def test_failure_hold_is_the_stable_job_time_with_a_floor_and_a_default() -> None:
-    assert failure_hold_seconds(2.5) == 2.5
-    assert failure_hold_seconds(0.001) == 0.05
-    assert failure_hold_seconds(None) == 1.0
+def test_canary_weight_is_the_percent_or_with_a_fixed_size_the_canarys_share_of_the_pods() -> None:
+    assert canary_weight(Split(stable=2, canary=1), canary_replicas=None, canary_percent=20) == 0.2
+    assert canary_weight(Split(stable=3, canary=1), canary_replicas=1, canary_percent=20) == 0.25
+    assert canary_weight(Split(stable=0, canary=1), canary_replicas=1, canary_percent=20) == 1.0
+
+
+@given(
+    total=st.integers(0, 500), fixed=st.none() | st.integers(1, 1000), percent=st.integers(1, 50)
+)
+def test_canary_weight_is_a_valid_share(total: int, fixed: int | None, percent: int) -> None:
+    split = split_replicas(total, canary_replicas=fixed, canary_percent=percent)
+    weight = canary_weight(split, canary_replicas=fixed, canary_percent=percent)
+    assert 0 < weight <= 1
 
 
 def test_quantile_interpolates_within_buckets() -> None:
@@ -255,18 +264,3 @@ def test_sample_p95_is_the_slowest_stage_over_the_interval_only() -> None:
     sample = sample_interval(before, after, pods_desired=1, pods_ready=1, restarts=0)
 
     assert sample.stage_p95_s == pytest.approx(0.1 + 0.9 * 0.95)
-
-
-def test_mean_job_seconds_adds_the_mean_of_each_stage_over_pods() -> None:
-    def pod(parse: tuple[float, float], embed: tuple[float, float]) -> RevisionCounters:
-        return RevisionCounters(
-            stage_buckets={
-                "parse": ((math.inf, parse[1]),),
-                "embed": ((math.inf, embed[1]),),
-            },
-            stage_seconds={"parse": parse[0], "embed": embed[0]},
-        )
-
-    pods = [pod((1.0, 10), (4.0, 10)), pod((1.0, 10), (4.0, 10))]
-    assert mean_job_seconds(pods) == pytest.approx(0.1 + 0.4)
-    assert mean_job_seconds([RevisionCounters()]) is None

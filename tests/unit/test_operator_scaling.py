@@ -966,3 +966,33 @@ def test_noise_around_a_whole_number_of_workers_does_not_move_the_ceiling(
 
     assert ceiling is not None
     assert ceiling.replicas == replicas
+
+
+def test_a_scale_up_to_a_raised_min_replicas_names_the_minimum_not_the_queue_wait() -> None:
+    decision, _ = decide(snapshot([0.0]), current=1, scaling=policy(min_replicas=3))
+
+    assert decision.desired == 3
+    assert "spec.scaling.minReplicas is 3" in decision.reason
+    assert "queue wait" not in decision.reason
+
+
+def test_a_scale_up_the_load_asks_for_still_names_the_queue_wait() -> None:
+    decision, _ = decide(
+        snapshot([CONCURRENCY] * 2, ready_jobs=200), current=2, scaling=policy(min_replicas=2)
+    )
+
+    assert decision.desired > 2
+    assert "to keep the queue wait under 30s" in decision.reason
+    assert "minReplicas" not in decision.reason
+
+
+def test_a_scale_down_to_a_lowered_max_replicas_names_the_maximum_not_less_work() -> None:
+    busy = snapshot([CONCURRENCY] * 6, ready_jobs=100)
+
+    decision, _ = decide(busy, current=6, scaling=policy(max_replicas=4))
+    unknown, _ = decide(None, current=6, scaling=policy(max_replicas=4))
+
+    assert decision.desired == 4
+    assert "spec.scaling.maxReplicas is 4" in decision.reason
+    assert "less work" not in decision.reason
+    assert "spec.scaling.maxReplicas is 4" in unknown.reason

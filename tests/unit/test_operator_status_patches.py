@@ -5,9 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from docpipe_operator.conditions import Observation, build_status
-from docpipe_operator.decision import needs_patch
+from docpipe_operator.decision import (
+    FIGURES_REFRESH_SECONDS,
+    Children,
+    Memory,
+    decide,
+    needs_patch,
+    read_pipeline,
+)
 from docpipe_operator.model import DocumentPipelineStatus, dump
 from docpipe_operator.scaling import Decision
+from tests.unit.test_operator_decision import body
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -48,3 +56,29 @@ def test_a_changed_rounded_figure_or_condition_needs_a_patch() -> None:
     assert needs_patch(first, _round(stored, _steady(1.2341, 5.6), later))
     # Metrics go missing: the Degraded condition flips.
     assert needs_patch(first, _round(stored, _steady(1.2341, 4.2, complete=False), later))
+
+
+def test_between_refreshes_a_change_of_the_load_figures_alone_needs_no_patch() -> None:
+    first = _round(DocumentPipelineStatus(), _steady(1.2341, 4.2), T0)
+    stored = DocumentPipelineStatus.model_validate(first)
+    later = T0 + timedelta(seconds=5)
+    moved = _round(stored, _steady(2.5, 30.0), later)
+    assert needs_patch(first, moved)
+    assert not needs_patch(first, moved, figures=False)
+    # A change beyond the figures is written at once, figures refresh or not.
+    degraded = _round(stored, _steady(2.5, 30.0, complete=False), later)
+    assert needs_patch(first, degraded, figures=False)
+
+
+def test_the_figures_are_due_a_refresh_after_a_minute_without_a_status_write() -> None:
+    def due(written: float | None, now: float) -> bool:
+        pipeline = read_pipeline(body())
+        memory = Memory(status_written=written)
+        decided, _ = decide(
+            pipeline, Children(), memory, load=None, now=now, wall=T0, monitoring=True
+        )
+        return decided.figures_due
+
+    assert due(None, 100.0)
+    assert not due(100.0, 100.0 + FIGURES_REFRESH_SECONDS - 1)
+    assert due(100.0, 100.0 + FIGURES_REFRESH_SECONDS)
