@@ -267,11 +267,31 @@ def test_api_environment_names_settings_the_api_reads(
     read = {env_name(ApiSettings, field) for field in ApiSettings.model_fields}
     deployment = find(rendered(render, "all-options"), "Deployment", "docpipe-dp-api")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    names = {e["name"] for e in container["env"]}
+    # OTEL_* are OpenTelemetry's own (tracing.endpoint: see the tracing test below).
+    names = {e["name"] for e in container["env"] if not e["name"].startswith("OTEL_")}
     assert "DOCPIPE_API_PORT" in names
     assert names <= read, names - read
     port = next(e["value"] for e in container["env"] if e["name"] == "DOCPIPE_API_PORT")
     assert container["ports"][0]["containerPort"] == int(port)
+
+
+def test_tracing_endpoint_turns_tracing_on_in_the_api_and_the_example_pipelines_workers(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    from docpipe_contracts.tracing import decide_tracing
+
+    manifests = rendered(render, "all-options")
+    api = find(manifests, "Deployment", "docpipe-dp-api")["spec"]["template"]["spec"]
+    pipeline = find(manifests, "DocumentPipeline")
+    for env in (api["containers"][0]["env"], pipeline["spec"]["worker"]["extraEnv"]):
+        values = {e["name"]: e["value"] for e in env if e["name"].startswith("OTEL_")}
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+        assert values["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+        assert values["OTEL_RESOURCE_ATTRIBUTES"] == f"k8s.namespace.name={NAMESPACE}"
+        assert decide_tracing(values).enabled
+    for _, spec in pod_specs(rendered(render, "default")):
+        for container in spec["containers"]:
+            assert not [e for e in container.get("env", []) if e["name"].startswith("OTEL_")]
 
 
 # API installs the chart should accept, each with what `docpipe api` must then accept.

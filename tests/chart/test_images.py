@@ -158,13 +158,25 @@ LEFT_OUT = {
         "numpy",
         "pyjwt",
         "lxml",
+        # Tracing is the worker's and the API's (docpipe_contracts.tracing imports it if there).
+        "opentelemetry-sdk",
     },
-    "mocks": {"pgserver", "kopf", "pyjwt", "pgvector"},
+    "mocks": {"pgserver", "kopf", "pyjwt", "pgvector", "opentelemetry-sdk"},
 }
 # Their import names, blocked outright in the start-up checks below.
 LEFT_OUT_MODULES = {
-    "operator": {"pgserver", "pypdf", "docx", "bs4", "markdownify", "pgvector", "numpy", "jwt"},
-    "mocks": {"pgserver", "kopf", "jwt", "pgvector"},
+    "operator": {
+        "pgserver",
+        "pypdf",
+        "docx",
+        "bs4",
+        "markdownify",
+        "pgvector",
+        "numpy",
+        "jwt",
+        "opentelemetry",
+    },
+    "mocks": {"pgserver", "kopf", "jwt", "pgvector", "opentelemetry"},
 }
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 

@@ -89,6 +89,14 @@ BROKEN_PIPELINES: list[tuple[dict[str, Any], str]] = [
     ({"worker": {"concurrency": 0}}, "0 is less than the minimum of 1"),
     ({"worker": {"replica": 3}}, ".spec.worker.replica: unknown field"),
     ({"worker": {"extraEnv": [{"name": "DATABASE_URL", "value": "x"}]}}, "may not set"),
+    ({"worker": {"image": "Not A Valid Image!!"}}, "worker.image must be an image reference"),
+    ({"worker": {"podLabels": {"docpipe.io/pipeline": "x"}}}, "may not set the labels"),
+    ({"worker": {"extraVolumes": [{"name": "x", "hostPath": {"path": "/"}}]}}, "unknown field"),
+    ({"rollout": {"noTraffic": {"action": "Sometimes"}}}, "Sometimes"),
+    (
+        {"rollout": {"goldenSet": {"configMap": "a", "path": "/b"}}},
+        "set configMap or path, exactly one",
+    ),
 ]
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from docpipe_operator import rendering as worker_rendering
 from docpipe_operator.model import DocumentPipelineSpec
+from tests.chart.binaries import ROOT
 from tests.chart.pod_security import pod_templates, restricted_violations
 from tests.chart.rendering import Manifest, find
 
@@ -52,6 +54,17 @@ def test_worker_pods_the_operator_renders_meet_the_restricted_profile(
     pipeline = find(render(ALL_OPTIONS), "DocumentPipeline")
     spec = DocumentPipelineSpec.model_validate(pipeline["spec"])
     template = worker_rendering.render_pod_template(pipeline["metadata"]["name"], spec)
+    assert restricted_violations(template) == []
+
+
+def test_worker_pods_with_placement_and_extra_volumes_meet_the_restricted_profile() -> None:
+    # Every volume source spec.worker.extraVolumes admits is one the profile allows.
+    example = yaml.safe_load(
+        (ROOT / "manifests" / "examples" / "documentpipeline-placement.yaml").read_text()
+    )
+    spec = DocumentPipelineSpec.model_validate(example["spec"])
+    template = worker_rendering.render_pod_template(example["metadata"]["name"], spec)
+    assert len(template["spec"]["volumes"]) > 1
     assert restricted_violations(template) == []
 
 

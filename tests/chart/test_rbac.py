@@ -1,7 +1,8 @@
 """The chart's RBAC grants exactly what the operator calls, in both scopes, and binds it to the
 operator's account: in cluster scope what manifests/base/rbac.yaml grants (which a unit test holds
 to the calls of the operator's code); in namespaced scope what the code calls when it serves only
-some namespaces, in each of them."""
+some namespaces, in each of them. Secrets apart: get only, in the pipelines' namespaces (a Role
+each, optionally by name), cluster-wide only when asked, or not at all."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 
 from docpipe_operator import cluster as operator_cluster
 from tests.chart.binaries import ROOT
-from tests.chart.rendering import Manifest, find, kustomize
+from tests.chart.rendering import Manifest, find, helm_template_args, kustomize, run
 
 RBAC_YAML = ROOT / "manifests" / "base" / "rbac.yaml"
 Grants = dict[tuple[str, str], frozenset[str]]
@@ -38,11 +39,38 @@ def reference_grants() -> Grants:
 
 def roles_of(manifests: list[Manifest], kind: str) -> list[Manifest]:
     """The operator's objects of `kind`: Helm hooks (the CRD upgrade Job's account and role, whose
-    grants tests/chart/test_platform.py checks) are left out."""
+    grants tests/chart/test_platform.py checks) and the Secret-reading Roles and bindings (see
+    `secret_roles`) are left out."""
     return [
         m
         for m in manifests
-        if m["kind"] == kind and "helm.sh/hook" not in m["metadata"].get("annotations", {})
+        if m["kind"] == kind
+        and "helm.sh/hook" not in m["metadata"].get("annotations", {})
+        and not m["metadata"]["name"].endswith(SECRETS_SUFFIX)
+    ]
+
+
+SECRETS_SUFFIX = "-secrets"
+SECRET_GRANTS: Grants = {
+    (r.group, r.rbac_resource): verbs for r, verbs in operator_cluster.SECRET_CALLS.items()
+}
+
+
+def secret_roles(manifests: list[Manifest], kind: str = "Role") -> list[Manifest]:
+    """The operator's Roles (or RoleBindings) that grant reading the pipelines' Secrets."""
+    return [
+        m for m in manifests if m["kind"] == kind and m["metadata"]["name"].endswith(SECRETS_SUFFIX)
+    ]
+
+
+def secret_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
+    """Every rule, of any role the chart renders, that names Secrets."""
+    return [
+        rule
+        for m in manifests
+        if m["kind"] in ("Role", "ClusterRole")
+        for rule in m["rules"]
+        if "secrets" in rule["resources"] or "*" in rule["resources"]
     ]
 
 
@@ -56,6 +84,7 @@ def test_cluster_scope_grants_exactly_the_reference_rules(
     objects = render()
     assert roles_of(objects, "Role") == []
     assert grants(roles_of(objects, "ClusterRole")) == reference_grants()
+    assert ("", "secrets") not in reference_grants()
 
 
 @pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]])
@@ -105,6 +134,85 @@ def test_cluster_scope_peers_cluster_wide_and_names_no_namespace(
     operator = find(objects, "Deployment", "docpipe-operator")
     args = operator["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not [a for a in args if a.startswith("--namespace")]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected_namespaces"),
+    [
+        ({}, ["docpipe-system"]),
+        ({"rbac.secrets.namespaces": ["team-a", "team-b"]}, ["team-a", "team-b"]),
+        ({"rbac.scope": "namespaced", "rbac.watchNamespaces": ["w1", "w2"]}, ["w1", "w2"]),
+    ],
+)
+def test_secrets_are_readable_by_name_only_in_the_pipelines_namespaces(
+    render: Callable[..., list[Manifest]],
+    settings: dict[str, Any],
+    expected_namespaces: list[str],
+) -> None:
+    objects = render(**settings)
+    roles = secret_roles(objects)
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(expected_namespaces)
+    for role in roles:
+        assert grants([role]) == SECRET_GRANTS
+        assert grants([role]) == {("", "secrets"): frozenset({"get"})}
+        assert all("resourceNames" not in rule for rule in role["rules"])
+    bindings = secret_roles(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(expected_namespaces)
+    for binding in bindings:
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+    # Nothing else names Secrets, and no ClusterRole does.
+    assert len(secret_rules(objects)) == len(roles)
+    assert all(("", "secrets") not in grants([r]) for r in roles_of(objects, "ClusterRole"))
+
+
+def test_secret_roles_can_be_limited_to_named_secrets(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    (role,) = secret_roles(render(**{"rbac.secrets.names": ["docpipe-db", "model-apis"]}))
+    (rule,) = role["rules"]
+    assert rule["resourceNames"] == ["docpipe-db", "model-apis"]
+    assert rule["verbs"] == ["get"]
+
+
+def test_cluster_wide_secret_access_is_one_get_rule_of_the_cluster_role(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    objects = render(**{"rbac.secrets.access": "cluster"})
+    assert secret_roles(objects) == []
+    (role,) = roles_of(objects, "ClusterRole")
+    assert grants([role]) == {**reference_grants(), **SECRET_GRANTS}
+
+
+def test_without_secret_access_nothing_grants_secrets_and_the_operator_reads_none(
+    render: Callable[..., list[Manifest]],
+) -> None:
+    objects = render(**{"rbac.secrets.access": "none"})
+    assert secret_rules(objects) == []
+    assert secret_roles(objects, "RoleBinding") == []
+    operator = find(objects, "Deployment", "docpipe-operator")
+    env = {
+        e["name"]: e.get("value")
+        for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["DOCPIPE_SECRETS"] == "none"
+    from docpipe_operator.runtime import secrets_policy
+
+    assert not secrets_policy(env["DOCPIPE_SECRETS"]).read
+
+
+@pytest.mark.parametrize("access", ["namespaces", "cluster", "none"])
+def test_no_rendering_lists_or_watches_secrets(
+    render: Callable[..., list[Manifest]], access: str
+) -> None:
+    for rule in secret_rules(render(**{"rbac.secrets.access": access})):
+        assert rule["verbs"] == ["get"]
+
+
+def test_cluster_wide_secret_access_is_refused_to_a_namespaced_operator(helm: str) -> None:
+    settings = {"rbac.scope": "namespaced", "rbac.secrets.access": "cluster"}
+    done = run(helm_template_args(helm, settings=settings), check=False)
+    assert done.returncode != 0
+    assert "rbac.secrets.access cluster needs rbac.scope cluster" in done.stderr
 
 
 def test_a_missing_rule_would_be_noticed(render: Callable[..., list[Manifest]]) -> None:

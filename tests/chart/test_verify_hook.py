@@ -115,4 +115,5 @@ def test_database_ca_is_mounted_into_the_api_and_migrate_pods(
     api = next(
         m for m in defaults if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("-api")
     )
-    assert [v["name"] for v in api["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+    # Without databaseTls, no CA (the HS256 key is mounted: tests/chart/test_secret_files.py).
+    assert [v["name"] for v in api["spec"]["template"]["spec"]["volumes"]] == ["tmp", "jwt-secret"]

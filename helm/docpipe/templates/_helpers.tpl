@@ -55,6 +55,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- join "," $namespaces -}}
 {{- end -}}
 
+{{/* The namespaces whose Secrets the operator may read (rbac.secrets.access namespaces): the
+listed ones, else the watched ones (namespaced scope) or the release namespace. */}}
+{{- define "docpipe.secretNamespaces" -}}
+{{- $namespaces := .Values.rbac.secrets.namespaces -}}
+{{- if not $namespaces -}}
+{{- $namespaces = eq .Values.rbac.scope "namespaced" | ternary (splitList "," (include "docpipe.watchNamespaces" .)) (list .Release.Namespace) -}}
+{{- end -}}
+{{- join "," $namespaces -}}
+{{- end -}}
+
 {{/* The pod and container security settings every docpipe pod runs with (restricted PSS). */}}
 {{- define "docpipe.podSecurityContext" -}}
 runAsNonRoot: true
@@ -75,4 +85,18 @@ capabilities:
 
 {{- define "docpipe.mocksUrl" -}}
 {{- printf "http://%s-mocks.%s.svc:%d" (include "docpipe.fullname" .) .Release.Namespace (int .Values.mocks.port) -}}
+{{- end -}}
+
+{{- /* The OTEL_* variables of a pod that traces (tracing.endpoint set); empty otherwise. */}}
+{{- define "docpipe.tracingEnv" -}}
+{{- with .Values.tracing.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $.Values.tracing.sampleRatio | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=%s" $.Release.Namespace | quote }}
+{{- end }}
 {{- end -}}
