@@ -11,12 +11,15 @@
 3. Footprint: `docpipe operator` as its own process (started from this Python) with 50, 200 and
    1,000 DocumentPipelines of 1 to 3 worker pods each (one HTTP server answers /metrics for every
    pod address): API requests per pipeline per minute in steady state, CPU seconds per minute,
-   RSS, and the reaction from a backlog spike to the patched replica count at that scale.
+   RSS, and the reaction from a backlog spike to the patched replica count at that scale. With
+   `--metrics-source pods,prometheus` each size also runs with the pipelines reading their load
+   through a real Prometheus (Debian's binary) scraping every pod, whose CPU and RSS are measured.
 
     python bench/autoscaling.py                  # a table on stdout
     python bench/autoscaling.py --json           # one JSON object on stdout
     python bench/autoscaling.py --sim-only       # the simulation and its plots only (~15 s)
     python bench/autoscaling.py --footprint-only --pipelines 50,200,1000
+    python bench/autoscaling.py --footprint-only --pipelines 50,200 --metrics-source pods,prometheus
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,15 +47,17 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # type: ignore[import-untyped]  # noqa: E402
 from tests.support import autoscaling_simulation  # noqa: E402
+from tests.support import prometheus as prometheus_server  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     NAMESPACE,
     OperatorProcess,
     emulated_cluster,
     pipeline_body,
 )
-from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, KubernetesApi  # noqa: E402
+from tests.support.emulator import DEPLOYMENTS, DOCPIPE_RESOURCE, PODS, KubernetesApi  # noqa: E402
 from tests.support.fleet import Fleet, kubelet  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from tests.support.prometheus import PrometheusServer  # noqa: E402
 
 PLOT_PATH = ROOT / "docs" / "autoscaling-traces.png"
 FRONTIER_PATH = ROOT / "docs" / "autoscaling-frontier.png"
@@ -118,11 +125,20 @@ DOCPIPE = (sys.executable, "-c", "import sys; from docpipe_cli.main import main;
 FOOTPRINT_PORT = 9300  # every fake pod's /metrics, one server for all (Fleet.shared_server)
 SPIKES_PER_SIZE = 3
 SPIKE_LIMIT = 30.0  # seconds; a spike not answered by then counts as missed
+# Prometheus' scrape interval in the footprint runs with metrics.source: prometheus (a common
+# production setting is 15-30 s; the pipelines' interval here is 5 s).
+PROMETHEUS_SCRAPE_S = 5.0
 
 
-def _footprint_body(i: int) -> dict[str, Any]:
-    """Pipeline i: 1 to 3 workers, held there (one job in flight each, two slots)."""
+def _footprint_body(i: int, prometheus_url: str | None = None) -> dict[str, Any]:
+    """Pipeline i: 1 to 3 workers, held there (one job in flight each, two slots); with
+    `prometheus_url`, read through Prometheus (`metrics.source: prometheus`)."""
     pods = 1 + i % 3
+    metrics = (
+        {}
+        if prometheus_url is None
+        else {"metrics": {"source": "prometheus", "prometheus": {"url": prometheus_url}}}
+    )
     return pipeline_body(
         f"p{i:04d}",
         worker={"image": "docpipe:1", "concurrency": 2, "metricsPort": FOOTPRINT_PORT},
@@ -133,18 +149,46 @@ def _footprint_body(i: int) -> dict[str, Any]:
             "scaleDownStabilizationSeconds": 0,
             "maxScaleUpStep": 20,
         },
+        **metrics,
     )
 
 
-async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
+def _start_prometheus() -> PrometheusServer:
+    """Debian's `prometheus`, scraping what the footprint run writes to its targets file."""
+    binary = prometheus_server.find_binary()
+    if binary is None:
+        raise SystemExit("--metrics-source prometheus needs the prometheus binary (apt install)")
+    directory = Path(tempfile.mkdtemp(prefix="docpipe-footprint-prometheus-"))
+    server = PrometheusServer(binary, directory, scrape_interval_s=PROMETHEUS_SCRAPE_S)
+    server.launch(discovered=True)
+    return server
+
+
+def _pod_targets(api: KubernetesApi) -> list[prometheus_server.Target]:
+    """Every running pod's /metrics with the target labels a PodMonitor attaches."""
+    return [
+        (
+            f"{pod['status']['podIP']}:{FOOTPRINT_PORT}",
+            {"namespace": NAMESPACE, "pod": pod["metadata"]["name"]},
+        )
+        for pod in api.stored_objects(PODS, NAMESPACE)
+        if (pod.get("status") or {}).get("podIP")
+    ]
+
+
+async def measure_footprint(pipelines: int, seconds: float, source: str = "pods") -> dict[str, Any]:
     """Steady state of `docpipe operator` (its own process) with N pipelines of 1-3 pods each:
-    API requests, CPU seconds per minute and RSS; then the reaction to backlog spikes."""
+    API requests, CPU seconds per minute and RSS; then the reaction to backlog spikes. With
+    `source` "prometheus" the pipelines read their load through a real Prometheus scraping
+    every pod, whose own CPU and RSS are measured beside the operator's."""
+    prometheus = _start_prometheus() if source == "prometheus" else None
 
     async def work(api: KubernetesApi, fleet: Fleet, kubeconfig: Path) -> dict[str, Any]:
         fleet.busy_per_pod = 1
         pods = 0
+        url = None if prometheus is None else prometheus.url
         for i in range(pipelines):
-            api.create_object(DOCPIPE_RESOURCE, NAMESPACE, _footprint_body(i))
+            api.create_object(DOCPIPE_RESOURCE, NAMESPACE, _footprint_body(i, url))
             pods += 1 + i % 3
         liveness_port = free_port()
         started = time.monotonic()
@@ -175,9 +219,15 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
                     raise RuntimeError("the operator did not bring every pipeline up")
                 await asyncio.sleep(0.5)
             converged = time.monotonic() - started
+            if prometheus is not None:
+                targets = _pod_targets(api)
+                prometheus.set_targets(targets)
+                await prometheus.wait_scraped([t[1]["pod"] for t in targets], within=120)
             # Settle: the throughput figure moves until the decision's 60 s rate window is full.
             await asyncio.sleep(65)
             proc = psutil.Process(process.pid)
+            scraper = None if prometheus is None else psutil.Process(prometheus.pid)
+            scraper_cpu0 = 0.0 if scraper is None else sum(scraper.cpu_times()[:2])
             harness = psutil.Process()  # this process: the emulator and every pod's /metrics
             harness_cpu0 = sum(harness.cpu_times()[:2])
             cpu0 = sum(proc.cpu_times()[:2])
@@ -191,6 +241,8 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
             }
             rss = proc.memory_info().rss / 2**20
             harness_cpu = sum(harness.cpu_times()[:2]) - harness_cpu0
+            scraper_cpu = 0.0 if scraper is None else sum(scraper.cpu_times()[:2]) - scraper_cpu0
+            scraper_rss = 0.0 if scraper is None else scraper.memory_info().rss / 2**20
             incomplete = sum(
                 any(
                     c.get("type") == "Degraded" and c.get("reason") == "MetricsIncomplete"
@@ -212,6 +264,7 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
                 del fleet.ready_by_pipeline[name], fleet.busy_by_pipeline[name]
             return {
                 "pipelines": pipelines,
+                "metrics_source": source,
                 "pods": pods,
                 "api_requests_per_minute": requests,
                 "api_requests_per_pipeline_minute": requests / pipelines,
@@ -222,6 +275,9 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
                 "reaction_s": None if None in reactions else max(r for r in reactions if r),
                 "reaction_all_s": reactions,
                 "harness_cpu_seconds_per_minute": harness_cpu * 60.0 / seconds,
+                # Prometheus' own cost (metrics.source: prometheus), scraping every pod.
+                "prometheus_cpu_seconds_per_minute": scraper_cpu * 60.0 / seconds,
+                "prometheus_rss_mib": scraper_rss,
                 "pipelines_metrics_incomplete": incomplete,
                 "converge_s": converged,
                 "measured_seconds": seconds,
@@ -231,7 +287,12 @@ async def measure_footprint(pipelines: int, seconds: float) -> dict[str, Any]:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), timeout=30)
 
-    result: dict[str, Any] = await _with_cluster(work, shared_server=True, period=0.5)
+    try:
+        result: dict[str, Any] = await _with_cluster(work, shared_server=True, period=0.5)
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+            shutil.rmtree(prometheus.directory, ignore_errors=True)
     return result
 
 
@@ -434,15 +495,17 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
 def _footprint_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "operator footprint (steady state; reaction: backlog spike to patched replicas)",
-        f"  {'pipelines':>9} {'pods':>5} {'req/min':>8} {'req/pipeline/min':>17} "
-        f"{'CPU s/min':>9} {'RSS MiB':>8} {'reaction s':>10}",
+        f"  {'pipelines':>9} {'source':>10} {'pods':>5} {'req/min':>8} {'req/pipeline/min':>17} "
+        f"{'CPU s/min':>9} {'RSS MiB':>8} {'reaction s':>10} {'Prom CPU s/min':>14}",
     ]
     for f in rows:
         lines.append(
-            f"  {f['pipelines']:>9} {f['pods']:>5} {f['api_requests_per_minute']:>8.1f} "
+            f"  {f['pipelines']:>9} {f['metrics_source']:>10} {f['pods']:>5} "
+            f"{f['api_requests_per_minute']:>8.1f} "
             f"{f['api_requests_per_pipeline_minute']:>17.3f} {f['cpu_seconds_per_minute']:>9.1f} "
             f"{f['rss_mib']:>8.0f} "
             + (f"{f['reaction_s']:>10.2f}" if f["reaction_s"] is not None else f"{'missed':>10}")
+            + f" {f['prometheus_cpu_seconds_per_minute']:>14.1f}"
         )
     return "\n".join(lines)
 
@@ -465,6 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--footprint-seconds", type=float, default=60.0)
     parser.add_argument(
+        "--metrics-source",
+        default="pods",
+        help="footprint runs' metrics.source, comma-separated: pods, prometheus (needs the"
+        " prometheus binary) or both",
+    )
+    parser.add_argument(
         "--footprint-only", action="store_true", help="the footprint runs only (no reaction, sim)"
     )
     parser.add_argument("--no-plot", action="store_true")
@@ -472,11 +541,16 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {}
     sizes = [int(n) for n in str(args.pipelines).split(",") if n.strip()]
+    sources = [s.strip() for s in str(args.metrics_source).split(",") if s.strip()]
+    if set(sources) - {"pods", "prometheus"}:
+        parser.error("--metrics-source takes pods and/or prometheus")
     if args.footprint_only:
         result["footprint"] = []
         for n in sizes:
-            result["footprint"].append(asyncio.run(measure_footprint(n, args.footprint_seconds)))
-            print(json.dumps(result["footprint"][-1]), file=sys.stderr, flush=True)
+            for source in sources:
+                run = measure_footprint(n, args.footprint_seconds, source)
+                result["footprint"].append(asyncio.run(run))
+                print(json.dumps(result["footprint"][-1]), file=sys.stderr, flush=True)
         print(json.dumps(result) if args.json else _footprint_table(result["footprint"]))
         return 0
     if not args.sim_only:
@@ -494,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     result.update(simulate(args))
     if not args.sim_only:
         result["footprint"] = [
-            asyncio.run(measure_footprint(n, args.footprint_seconds)) for n in sizes
+            asyncio.run(measure_footprint(n, args.footprint_seconds, source))
+            for n in sizes
+            for source in sources
         ]
     if args.json:
         print(json.dumps(result))

@@ -2,7 +2,10 @@
 """The hostile-documents parts of bench/pipeline.py (issue 15), measured in the same run:
 
 - the whale: one healthy HTML page of about 8 MB (several thousand chunks, like Node's
-  `all.html`) through one worker, processed in parts: `whale_s` from its insert to processed;
+  `all.html`) through one worker, processed in parts: `whale_s` from its insert to processed,
+  and `whale_slot_max_s`, the longest it held a worker's slot in one go (it hands the slot back
+  between parts every DOCPIPE_PART_SLICE_SECONDS, its job's `progress.longest_slot_s`), beside
+  the same whale held whole (`whale_whole_s`, DOCPIPE_PART_SLICE_SECONDS=0);
 - the hostile mix: healthy markdown documents through two workers, once alone and once with
   copies of the hostile corpus (tests/support/hostile.py: nesting, decompression bombs,
   thousands of pages, a huge line, NUL bytes, wrong extensions) queued before them;
@@ -83,12 +86,21 @@ async def _insert(pool: asyncpg.Pool, documents: list[tuple[str, str, str, bytes
 class _Stack:
     """Mocks and `workers` worker processes, stopped on the way out."""
 
-    def __init__(self, url: str, workdir: Path, name: str, workers: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        workdir: Path,
+        name: str,
+        workers: int,
+        concurrency: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.workdir = workdir
         self.name = name
         self.workers = workers
         self.concurrency = concurrency
+        self.env = env or {}
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def __aenter__(self) -> _Stack:
@@ -111,6 +123,7 @@ class _Stack:
                 "DOCPIPE_METRICS_HOST": "127.0.0.1",
                 "DOCPIPE_METRICS_PORT": str(port),
                 "DOCPIPE_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
+                **self.env,
             }
             await self._spawn(["-m", "docpipe_cli.main", "worker"], env, f"worker-{w}")
             await _wait_http(f"http://127.0.0.1:{port}/readyz")
@@ -155,10 +168,15 @@ async def _wait_settled(pool: asyncpg.Pool, ids: list[Any], timeout_s: float) ->
         await asyncio.sleep(0.05)
 
 
-async def measure_whale(pool: asyncpg.Pool, url: str, workdir: Path) -> dict[str, Any]:
+async def measure_whale(
+    pool: asyncpg.Pool, url: str, workdir: Path, *, slice_s: str | None = None
+) -> dict[str, Any]:
+    """The whale through one worker; `slice_s`: its DOCPIPE_PART_SLICE_SECONDS (None: default)."""
     await _reset(pool)
     whale = whale_html(WHALE_SECTIONS)
-    async with _Stack(url, workdir, "whale", workers=1, concurrency=8):
+    env = {} if slice_s is None else {"DOCPIPE_PART_SLICE_SECONDS": slice_s}
+    name = "whale" if slice_s is None else f"whale-slice-{slice_s}"
+    async with _Stack(url, workdir, name, workers=1, concurrency=8, env=env):
         (doc_id,) = await _insert(pool, [("bench", "whale.html", "text/html", whale)])
         seconds = await _wait_settled(pool, [doc_id], timeout_s=900)
     row = await pool.fetchrow(
@@ -172,6 +190,8 @@ async def measure_whale(pool: asyncpg.Pool, url: str, workdir: Path) -> dict[str
         raise RuntimeError(f"the whale failed: {row['error']}")
     return {
         "whale_s": round(seconds, 2),
+        # Held whole (before hand-backs, or DOCPIPE_PART_SLICE_SECONDS=0): about whale_s.
+        "whale_slot_max_s": progress.get("longest_slot_s"),
         "whale": {
             "bytes": len(whale),
             "chunks": row["chunk_count"],
@@ -239,7 +259,15 @@ async def measure(args: Any, url: str, workdir: Path) -> dict[str, Any]:
         if not args.hostile_skip_whale:
             log(f"whale: one HTML page of about 8 MB ({WHALE_SECTIONS} sections), 1 worker")
             whale = await measure_whale(pool, url, workdir)
-            log(f"  {whale['whale_s']} s, {whale['whale']['chunks']} chunks")
+            log(
+                f"  {whale['whale_s']} s, {whale['whale']['chunks']} chunks,"
+                f" slot held at most {whale['whale_slot_max_s']} s"
+            )
+            # The same whale holding its slot to the end (no hand-back): what hand-backs cost.
+            whole = await measure_whale(pool, url, workdir, slice_s="0")
+            whale["whale_whole_s"] = whole["whale_s"]
+            whale["whale_whole_slot_max_s"] = whole["whale_slot_max_s"]
+            log(f"  held whole (DOCPIPE_PART_SLICE_SECONDS=0): {whole['whale_s']} s")
         log(
             f"hostile mix: {args.hostile_healthy} healthy documents, alone and behind"
             f" {args.hostile_copies} copies of the hostile corpus; 2 workers x 16"
@@ -265,6 +293,14 @@ def print_figures(result: dict[str, Any]) -> None:
         print(
             f"whale        {result['whale_s']:>8.1f} s  ({whale['bytes'] / 1e6:.1f} MB of HTML,"
             f" {whale['chunks']} chunks, in parts, 1 worker)"
+        )
+        print(
+            f"whale slot   {result['whale_slot_max_s']:>8.1f} s  longest held in one go"
+            f" (handed back {whale['progress'].get('handed_back', 0)} times between parts)"
+        )
+        print(
+            f"whale whole  {result['whale_whole_s']:>8.1f} s  held to the end"
+            f" (DOCPIPE_PART_SLICE_SECONDS=0; slot {result['whale_whole_slot_max_s']} s)"
         )
     mix = result["hostile_mix"]
     alone, mixed = mix["alone"], mix["with_hostile"]
