@@ -58,6 +58,7 @@ from docpipe_api.ratelimit import OwnerLimits, OwnerQuotas, RateLimiter
 from docpipe_contracts import correlation, tracing
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
 from docpipe_contracts.errors import PermanentError, TransientError
+from docpipe_providers import original_purge
 from docpipe_providers.embeddings import Embedder
 from docpipe_providers.object_storage import ObjectStore
 from docpipe_queue import audit
@@ -496,6 +497,12 @@ async def upload_document(request: web.Request) -> web.Response:
                     metadata=details.metadata if "metadata" in details.model_fields_set else None,
                     content_key=content_key,
                 )
+            if added.put_original_again and context.originals is not None and content_key:
+                # Rare: a deletion of this key (the same content, deleted before) was purged
+                # after our PUT above, so the object may be gone. Put it again before the
+                # document that names it commits; until then no purge can see the document, and
+                # once it is committed, none deletes an object a document names.
+                await context.originals.put(content_key, data)
             row = await store.get_document(conn, added.document_id, principal.subject)
             if row is not None:
                 note.document_id, note.job_id = added.document_id, added.job_id
@@ -708,15 +715,26 @@ async def delete_document(request: web.Request) -> web.Response:
     document_id = uuid_param(request, "document_id")
     note = request[_AUDIT]
     note.document_id = document_id
+    context = request.app[CONTEXT]
     deleted = await store.delete_document(
-        request.app[CONTEXT].pool,
+        context.pool,
         document_id,
         principal.subject,
         audit_event=audit_event(request, 204),
     )
-    if not deleted:
+    if deleted is None:
         raise not_found("document")
     note.recorded = True
+    if deleted.content_key is not None and context.originals is not None:
+        # Best effort: the deletion is recorded; a failure here leaves it to the workers' sweep.
+        try:
+            await original_purge.purge(context.pool, context.originals, deleted.content_key)
+        except Exception:
+            log.warning(
+                "could not delete the original of a deleted document; the sweep will",
+                exc_info=True,
+                extra={"document_id": str(document_id), "content_key": deleted.content_key},
+            )
     return web.Response(status=204)
 
 

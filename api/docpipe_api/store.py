@@ -20,7 +20,7 @@ from pgvector import Vector
 from docpipe_api import metrics
 from docpipe_api.models import ChunkProvenance, Document, DocumentDetail, DocumentUsage
 from docpipe_api.ranking import TermPlan, tsquery_literal
-from docpipe_queue import audit, queries
+from docpipe_queue import audit, original_deletions, queries
 from docpipe_queue import jobs as queue
 from docpipe_queue.document_usage import Prices
 from docpipe_queue.jobs import Executor
@@ -62,7 +62,9 @@ order by created_at desc, id
 limit $5
 """
 
-DELETE_DOCUMENT = "delete from docpipe.documents where id = $1 and owner = $2 returning id"
+DELETE_DOCUMENT = (
+    "delete from docpipe.documents where id = $1 and owner = $2 returning id, content_key"
+)
 
 # What an owner stores, across pipelines (an index-only scan of documents_owner_usage), and what
 # the providers counted for its documents (docpipe.document_usage, kept after a delete).
@@ -171,24 +173,37 @@ async def list_documents(
     return list(await conn.fetch(LIST_DOCUMENTS, owner, pipeline, created, last_id, limit))
 
 
+@dataclass(frozen=True, slots=True)
+class DeletedDocument:
+    """A document deleted: the key of its original in object storage, when it had one (its
+    deletion is asked for in docpipe.original_deletions)."""
+
+    content_key: str | None
+
+
 async def delete_document(
     pool: asyncpg.Pool,
     document_id: uuid.UUID,
     owner: str,
     *,
     audit_event: audit.Event | None = None,
-) -> bool:
-    """Delete the owner's document with its chunks and jobs; False when there is none. When it
-    is deleted, `audit_event` is recorded in the same transaction."""
+) -> DeletedDocument | None:
+    """Delete the owner's document with its chunks and jobs; None when there is none. When it
+    is deleted, `audit_event` is recorded and the deletion of its original in object storage is
+    asked for, both in the same transaction."""
 
-    async def attempt() -> bool:
+    async def attempt() -> DeletedDocument | None:
         async with pool.acquire() as conn, conn.transaction():
             # Jobs first, then the document: see queries.CANCEL_OWNED_DOCUMENT_JOBS.
             await conn.execute(queries.CANCEL_OWNED_DOCUMENT_JOBS, document_id, owner)
-            deleted = await conn.fetchval(DELETE_DOCUMENT, document_id, owner) is not None
-            if deleted and audit_event is not None:
+            row = await conn.fetchrow(DELETE_DOCUMENT, document_id, owner)
+            if row is None:
+                return None
+            if row["content_key"] is not None:
+                await original_deletions.request_deletion(conn, row["content_key"])
+            if audit_event is not None:
                 await audit.record(conn, audit_event)
-            return deleted
+            return DeletedDocument(row["content_key"])
 
     return await retry_deadlocks(attempt)
 

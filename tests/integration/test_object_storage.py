@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -31,49 +25,24 @@ from docpipe_queue.consumer import Consumer, ConsumerConfig
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS
 from tests.integration.api.conftest import SECRET, api_settings
 from tests.support.mocks import serve
-from tests.support.ports import free_port
-
-KEY_ID, SECRET_KEY = "testing-key", "testing-secret"
+from tests.support.object_storage import KEY_ID, SECRET_KEY, bucket_config, moto_server, open_bucket
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1, for the module's tests."""
-    executable = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    port = free_port()
-    process = subprocess.Popen(
-        [executable, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+    with moto_server() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
 def config(s3_endpoint: str) -> ObjectStorageConfig:
-    bucket = f"originals-{uuid.uuid4().hex[:12]}"
-    return ObjectStorageConfig(s3_endpoint, bucket, KEY_ID, SECRET_KEY)
+    return bucket_config(s3_endpoint)
 
 
 @pytest.fixture
 async def store(config: ObjectStorageConfig) -> AsyncIterator[ObjectStore]:
-    async with aiohttp.ClientSession() as session:
-        objects = ObjectStore(session, config)
-        await objects.create_bucket()
+    async with open_bucket(config) as objects:
         yield objects
 
 
@@ -87,6 +56,27 @@ async def test_a_missing_object_is_a_permanent_error(store: ObjectStore) -> None
     with pytest.raises(PermanentError) as refused:
         await store.get("originals/none/such")
     assert refused.value.status == 404
+
+
+async def test_an_object_deleted_is_gone(store: ObjectStore) -> None:
+    key = store.key_for("default", "alice@example.org", "ef" * 32)
+    await store.put(key, b"to be deleted")
+    await store.delete(key)
+    with pytest.raises(PermanentError) as refused:
+        await store.get(key)
+    assert refused.value.status == 404
+
+
+async def test_deleting_an_object_already_gone_succeeds(store: ObjectStore) -> None:
+    await store.delete("originals/none/such")
+
+
+async def test_a_delete_the_store_refuses_is_an_error(config: ObjectStorageConfig) -> None:
+    async with aiohttp.ClientSession() as session:
+        # A bucket never created: S3 answers 404 NoSuchBucket, which is not "the object is gone".
+        objects = ObjectStore(session, config)
+        with pytest.raises(PermanentError):
+            await objects.delete("originals/none/such")
 
 
 async def test_owners_never_share_a_key(store: ObjectStore) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from docpipe_queue import queries, statistics
+from docpipe_queue import original_deletions, queries, statistics
 
 SNAPSHOT = Path(__file__).with_name("snapshots") / "queries.sql"
 
 
 def render_queries() -> str:
     parts = []
-    statements = {**vars(statistics), **vars(queries)}
+    statements = {**vars(statistics), **vars(queries), **vars(original_deletions)}
     for name in sorted(statements):
         value = statements[name]
         if name.isupper() and isinstance(value, str) and name != "NOTIFY_CHANNEL":

@@ -226,6 +226,25 @@ USAGE_PAGES = MetricSpec(
     ("pipeline",),
 )
 
+# Originals in object storage deleted with their documents (docpipe_providers.original_purge):
+# by the intake API right after a delete, and by the workers' sweep.
+ORIGINALS_DELETED = MetricSpec(
+    "counter",
+    "docpipe_originals_deleted",
+    "Originals of deleted documents removed from object storage.",
+)
+ORIGINAL_DELETION_FAILURES = MetricSpec(
+    "counter",
+    "docpipe_original_deletion_failures",
+    "Failed attempts to remove a deleted document's original from object storage (retried).",
+)
+ORIGINAL_DELETIONS_PENDING = MetricSpec(
+    "gauge",
+    "docpipe_original_deletions_pending",
+    "Originals of the pipeline's deleted documents not yet removed from object storage.",
+    ("pipeline",),
+)
+
 # The intake API (`docpipe api`). `route` is the matched path template
 # (`/v1/documents/{document_id}`), never the raw path, so ids do not multiply the series;
 # `unmatched` for paths with no route.

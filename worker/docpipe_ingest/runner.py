@@ -27,6 +27,7 @@ from docpipe_ingest.parts import PartsConfig
 from docpipe_ingest.pipeline import ChunkingConfig, IngestPipeline, Parser
 from docpipe_ingest.provenance import OutputSettings, settings_digest
 from docpipe_ingest.settings import WorkerSettings
+from docpipe_providers import original_purge
 from docpipe_providers.embeddings import Embedder, OpenAIEmbedder
 from docpipe_providers.llamaparse import LlamaParseClient
 from docpipe_providers.object_storage import ObjectStore
@@ -356,6 +357,15 @@ async def _serve(
             k=settings.golden_k,
         )
         background.append(asyncio.create_task(golden_loop(pool, pipeline, golden_config)))
+    if pipeline.originals is not None:
+        # Deleted documents' originals the intake API could not delete at once.
+        sweep = original_purge.run(
+            pool,
+            pipeline.originals,
+            settings.pipeline,
+            interval_s=settings.original_deletion_sweep_seconds,
+        )
+        background.append(asyncio.create_task(sweep))
     run_task = asyncio.create_task(consumer.run())
     drained = asyncio.Event()
 

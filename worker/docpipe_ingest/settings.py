@@ -100,6 +100,9 @@ class WorkerSettings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(
         None, validation_alias=_env("AWS_SECRET_ACCESS_KEY")
     )
+    # With s3: how often the worker sweeps its pipeline's deleted documents' originals still in
+    # the bucket (docpipe_providers.original_purge).
+    original_deletion_sweep_seconds: float = Field(30.0, gt=0, le=3600)
 
     # Parsing in isolation (docpipe_ingest.isolation): child processes (unset: one per core),
     # and what one document, or one part of a large one, may use of its child.

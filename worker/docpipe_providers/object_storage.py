@@ -4,9 +4,10 @@ The database then keeps each document's hash and the key of its object, not its 
 API puts the object before it adds the document, the worker's load stage gets it back. A key is
 derived from the pipeline, the owner and the content's hash, so an upload of the same content
 writes the same object (idempotent, like the document row), and one owner's originals never share
-a key with another's.
+a key with another's. Deleting a document deletes its object through an outbox
+(`docpipe_providers.original_purge`).
 
-A small client of the S3 REST API (PUT, GET and HEAD object, PUT bucket) signed with AWS
+A small client of the S3 REST API (PUT, GET, HEAD and DELETE object, PUT bucket) signed with AWS
 Signature Version 4, over the process's aiohttp session: the worker image needs no AWS SDK.
 """
 
@@ -43,7 +44,12 @@ class ObjectStorageConfig:
 def original_key(prefix: str, pipeline: str, owner: str, sha256: str) -> str:
     """The object key of a document's original: the owner hashed (owners are free text)."""
     owner_part = hashlib.sha256(owner.encode()).hexdigest()[:32]
-    return f"{prefix}{pipeline}/{owner_part}/{sha256}"
+    return f"{pipeline_key_prefix(prefix, pipeline)}{owner_part}/{sha256}"
+
+
+def pipeline_key_prefix(prefix: str, pipeline: str) -> str:
+    """What the keys of every original of `pipeline` begin with."""
+    return f"{prefix}{pipeline}/"
 
 
 def _sign(key: bytes, message: str) -> bytes:
@@ -51,7 +57,7 @@ def _sign(key: bytes, message: str) -> bytes:
 
 
 class ObjectStore:
-    """PUT and GET of objects in one bucket."""
+    """PUT, GET and DELETE of objects in one bucket."""
 
     def __init__(
         self, session: aiohttp.ClientSession, config: ObjectStorageConfig, *, timeout_s: float = 60
@@ -80,12 +86,28 @@ class ObjectStore:
         """The bytes stored under `key`; PermanentError when there is no such object."""
         return await self._request("GET", key)
 
+    async def delete(self, key: str, *, timeout_s: float | None = None) -> None:
+        """Remove the object under `key`; an object already gone is fine (S3 answers 204 either
+        way, some stores 404). A missing bucket is an error: the object may be in the bucket
+        that should have been named. `timeout_s` overrides the store's timeout for this request."""
+        try:
+            await self._request("DELETE", key, ok_statuses=(200, 204), timeout_s=timeout_s)
+        except PermanentError as exc:
+            if exc.status != 404 or "NoSuchBucket" in str(exc):
+                raise
+
     async def create_bucket(self) -> None:
         """Create the bucket (a bucket this account already owns is fine)."""
         await self._request("PUT", None, b"", ok_statuses=(200, 409))
 
     async def _request(
-        self, method: str, key: str | None, body: bytes = b"", ok_statuses: tuple[int, ...] = (200,)
+        self,
+        method: str,
+        key: str | None,
+        body: bytes = b"",
+        ok_statuses: tuple[int, ...] = (200,),
+        *,
+        timeout_s: float | None = None,
     ) -> bytes:
         path = f"{self._path}/{self.config.bucket}" + (f"/{key}" if key is not None else "")
         canonical_path = quote(path, safe="/-_.~")
@@ -98,7 +120,9 @@ class ObjectStore:
                 URL(f"{self._origin}{canonical_path}", encoded=True),
                 data=body if method == "PUT" else None,
                 headers=headers,
-                timeout=self._timeout,
+                timeout=(
+                    self._timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+                ),
             ) as response:
                 payload = await response.read()
                 status = response.status

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from docpipe_queue import jobs as queue
-from docpipe_queue import queries
+from docpipe_queue import original_deletions, queries
 from docpipe_queue.jobs import NewJob
 
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -28,6 +28,9 @@ class AddedDocument:
     job_id: int | None
     created: bool
     status: str
+    # The original's object may have been deleted after the caller put it (a deletion of the
+    # same key was purged meanwhile): put it again before the transaction commits.
+    put_original_again: bool = False
 
 
 async def add_document(
@@ -53,7 +56,8 @@ async def add_document(
     returned as it is, unless `reprocess` asks for its job to run again. Tags, source URL and
     metadata given (not None) are stored, replacing those of a document already there.
     With `content_key` (the original is in object storage under that key) the bytes are not
-    stored here: only their size, hash and the key. `trace_context` (a W3C traceparent) goes
+    stored here: only their size, hash and the key, and a deletion of the key still asked for
+    (docpipe_queue.original_deletions) is cancelled. `trace_context` (a W3C traceparent) goes
     with the job, for the worker to continue the caller's trace.
     """
     digest = hashlib.sha256(data).hexdigest()
@@ -82,10 +86,18 @@ async def add_document(
                 content_key,
             )
             if row is not None:
-                return await _enqueue(
+                added = await _enqueue(
                     conn, row["id"], True, pipeline, owner, correlation_id, max_attempts,
                     trace_context,
                 )  # fmt: skip
+                if content_key is None:
+                    return added
+                # After the insert: a purge that locked the key's request before it (and could
+                # not see this uncommitted document) is waited for, and its outcome seen.
+                cancelled = await original_deletions.cancel_deletion(conn, content_key)
+                return replace(
+                    added, put_original_again=original_deletions.must_put_again(cancelled)
+                )
             row = await conn.fetchrow(
                 "select id, status from docpipe.documents"
                 " where pipeline = $1 and owner = $2 and sha256 = $3",

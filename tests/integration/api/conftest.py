@@ -16,6 +16,7 @@ from docpipe_api.auth import mint_token
 from docpipe_api.server import RunningApi, open_api
 from docpipe_api.settings import ApiSettings
 from docpipe_mocks.server import MockConfig
+from docpipe_providers.object_storage import ObjectStore
 from tests.support.mocks import serve
 
 SECRET = "integration-test-secret-of-at-least-32-bytes"
@@ -125,9 +126,11 @@ async def process_pending(
     *,
     revision: str = "test",
     settings_digest: str | None = None,
+    originals: ObjectStore | None = None,
 ) -> None:
     """Run the real ingest pipeline (local parser, mock embeddings) until no document of
-    `pipeline` is pending or processing; its chunks record `revision` and `settings_digest`."""
+    `pipeline` is pending or processing; its chunks record `revision` and `settings_digest`;
+    `originals`: the object storage of documents uploaded with DOCPIPE_ORIGINALS_STORE=s3."""
     import asyncio
 
     from docpipe_ingest.parsers import LocalParser
@@ -151,6 +154,7 @@ async def process_pending(
         dimensions=DEFAULT_EMBEDDING_DIMENSIONS,
         revision=revision,
         settings_digest=settings_digest,
+        originals=originals,
     )
     consumer = Consumer(
         api.pool,

@@ -9,6 +9,9 @@ update docpipe.jobs set status = 'cancelled', finished_at = now(),
     lease_token = null, lease_expires_at = null
 where document_id = $1 and status in ('queued', 'running');
 
+-- CANCEL_ORIGINAL_DELETION
+delete from docpipe.original_deletions where content_key = $1 returning purged_at;
+
 -- CANCEL_OWNED_DOCUMENT_JOBS
 update docpipe.jobs
 set status = 'cancelled', finished_at = now(), lease_token = null, lease_expires_at = null
@@ -180,6 +183,12 @@ completed as (
 )
 select id from held;
 
+-- DUE_ORIGINAL_DELETIONS
+select content_key from docpipe.original_deletions
+where purged_at is null and next_attempt_at <= now() and starts_with(content_key, $1)
+order by next_attempt_at
+limit $2;
+
 -- ENQUEUE
 insert into docpipe.jobs
     (pipeline, kind, document_id, payload, priority, max_attempts, run_after, correlation_id,
@@ -203,6 +212,13 @@ set status = case when $6 and ($4 or j.attempts >= j.max_attempts) then 'dead' e
     handed_back_by = case when $6 then j.handed_back_by else $7::text end
 where j.id = $1 and j.lease_token = $2
 returning j.status, j.run_after;
+
+-- FORGET_ORIGINAL_DELETION
+delete from docpipe.original_deletions where content_key = $1;
+
+-- FORGET_PURGED_ORIGINALS
+delete from docpipe.original_deletions
+where purged_at < now() - make_interval(secs => $1);
 
 -- GET
 select id, pipeline, kind, document_id, payload, priority, status, attempts, max_attempts,
@@ -250,6 +266,15 @@ select id, status, worker, lease_token from docpipe.jobs where id = any($1::bigi
 select count(pg_advisory_xact_lock($1, k)::text)
 from (select hashtext(d::text) as k from unnest($2::uuid[]) as d order by 1) ordered;
 
+-- LOCK_DUE_ORIGINAL_DELETION
+select attempts from docpipe.original_deletions
+where content_key = $1 and purged_at is null and next_attempt_at <= now()
+for update skip locked;
+
+-- MARK_ORIGINAL_PURGED
+update docpipe.original_deletions set purged_at = now(), last_error = null
+where content_key = $1;
+
 -- NEXT_RUN_AFTER
 with share as (
     select coalesce(max(buckets), 0) as buckets, coalesce(max(hold_s), 0) as hold_s
@@ -269,8 +294,15 @@ select case
     end
 from share;
 
+-- ORIGINAL_IN_USE
+select exists (select 1 from docpipe.documents where content_key = $1);
+
 -- PARSED_PARTS
 select part, content from docpipe.job_parts where job_id = $1 order by part;
+
+-- PENDING_ORIGINAL_DELETIONS
+select count(*) from docpipe.original_deletions
+where purged_at is null and starts_with(content_key, $1);
 
 -- PROGRESS
 select progress from docpipe.jobs where id = $1;
@@ -287,6 +319,11 @@ where id = $1 and lease_token is distinct from $2
   and last_error = 'lease expired: worker ' || $4::text
                    || ' stopped renewing it (crashed or unreachable)'
 returning id;
+
+-- RECORD_ORIGINAL_DELETION_FAILURE
+update docpipe.original_deletions
+set attempts = attempts + 1, last_error = $2, next_attempt_at = now() + make_interval(secs => $3)
+where content_key = $1;
 
 -- REGISTER_CANARY
 with pruned as (
@@ -336,6 +373,12 @@ audited as (
     select $5, owner, $4, 'reprocess', pipeline, document_id, id, 'ok', 200 from enqueued
 )
 select count(*) from enqueued;
+
+-- REQUEST_ORIGINAL_DELETION
+insert into docpipe.original_deletions (content_key) values ($1)
+on conflict (content_key) do update
+set requested_at = now(), attempts = 0, last_error = null, next_attempt_at = now(),
+    purged_at = null;
 
 -- REQUEUE_RESTORED
 with requeued as (
