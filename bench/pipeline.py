@@ -361,6 +361,13 @@ def print_table(result: dict[str, Any]) -> None:
     pipeline_hostile.print_figures(result)
 
 
+def _int_list(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"positive integers, comma-separated: {text!r}")
+    return values
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -369,7 +376,14 @@ if __name__ == "__main__":
     parser.add_argument("--profile-documents", type=int, default=500)
     # Issue 14 (bench/pipeline_throughput.py): docpipe beside pgai, the store's ceiling, corpus.
     parser.add_argument("--peer-documents", type=int, default=2000)
-    parser.add_argument("--peer-concurrency", type=int, default=32)
+    parser.add_argument(
+        "--peer-concurrency", type=_int_list, default=[32, 64],
+        help="docpipe's jobs at once per worker, comma-separated; its best is compared",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pgai-concurrency", type=_int_list, default=[1, 4],
+        help="pgai's --concurrency (default 1, at most 10), comma-separated; its best is compared",
+    )  # fmt: skip
     parser.add_argument("--peer-rounds", type=int, default=1, help="docpipe/pgai turns; best kept")
     parser.add_argument("--store-documents", type=int, default=600)
     parser.add_argument("--store-rounds", type=int, default=1, help="COPY/store turns; best kept")

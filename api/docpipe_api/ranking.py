@@ -14,6 +14,13 @@ K = TypeVar("K", bound=Hashable)
 # it would rank a large part of the table (slow) by a term that tells little. It still counts in
 # the score of the candidates the rarer terms found.
 COMMON_TERM_SHARE = 0.05
+# How many candidates the rarer terms may find, as a share of the chunks: they join from the
+# rarest while their shares add up to at most this (the rarest always joins). Every candidate is
+# fetched and scored, so this bounds a keyword search's work and its slowest searches: a question
+# whose rarer terms are each in 3-5 % of the chunks found 12 % of them. A chunk holding none of
+# the terms that joined is not found, whatever else it holds; the terms left out still count in
+# the score of the candidates found.
+CANDIDATE_SHARE_BUDGET = 0.03
 # The share assumed for a term the statistics do not list: rarer than every term they list.
 UNLISTED_TERM_SHARE = 1e-4
 # Start and stop markers of ts_headline(..., 'HighlightAll=true'): characters that plain text
@@ -34,14 +41,25 @@ class TermPlan:
 
 def plan_terms(terms: Sequence[str], shares: Mapping[str, float]) -> TermPlan:
     """Weight each term by an inverse document frequency, ln(1 + 1/share), from `shares` (the
-    fraction of chunks holding it, where known); rare terms find the candidates."""
+    fraction of chunks holding it, where known); the rarest terms find the candidates, within
+    CANDIDATE_SHARE_BUDGET."""
     unique = sorted(set(terms))
     floor = min(shares.values(), default=UNLISTED_TERM_SHARE * 2) / 2
     share = {term: shares.get(term, min(floor, UNLISTED_TERM_SHARE)) for term in unique}
     weights = {term: math.log1p(1.0 / max(share[term], 1e-9)) for term in unique}
-    rare = [term for term in unique if share[term] <= COMMON_TERM_SHARE]
-    if rare:
-        return TermPlan(rare, weights, match_all=False)
+    rare = sorted(
+        (term for term in unique if share[term] <= COMMON_TERM_SHARE),
+        key=lambda term: (share[term], term),
+    )
+    chosen: list[str] = []
+    found = 0.0
+    for term in rare:
+        if chosen and found + share[term] > CANDIDATE_SHARE_BUDGET:
+            break
+        chosen.append(term)
+        found += share[term]
+    if chosen:
+        return TermPlan(sorted(chosen), weights, match_all=False)
     return TermPlan(unique, weights, match_all=True)
 
 

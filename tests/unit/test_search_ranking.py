@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from docpipe_api.ranking import (
+    CANDIDATE_SHARE_BUDGET,
+    COMMON_TERM_SHARE,
     HIGHLIGHT_START,
     HIGHLIGHT_STOP,
     fuse_ranks,
@@ -20,6 +24,50 @@ def test_rarer_terms_weigh_more_and_common_terms_do_not_find_candidates() -> Non
     assert plan.weights["sigterm"] > plan.weights["worker"] > plan.weights["use"]
     assert plan.candidates == ["sigterm", "worker"]
     assert not plan.match_all
+
+
+def test_candidates_come_from_the_rarest_terms_within_the_budget() -> None:
+    budget = CANDIDATE_SHARE_BUDGET
+    shares = {"systemd": budget / 100, "log": budget * 0.8, "tool": budget * 0.5, "level": 0.045}
+
+    plan = plan_terms(["systemd", "log", "level", "tool"], shares)
+
+    # systemd and tool fit; log would take their shares past the budget.
+    assert plan.candidates == ["systemd", "tool"]
+    assert not plan.match_all
+    # Left out of the candidates, still in the score.
+    assert set(plan.weights) == {"systemd", "log", "level", "tool"}
+
+
+def test_the_rarest_term_finds_candidates_even_past_the_budget() -> None:
+    plan = plan_terms(["thread", "race"], {"thread": 0.045, "race": 0.04})
+
+    assert plan.candidates == ["race"]
+
+
+@given(
+    st.dictionaries(
+        st.text(alphabet="abcdefgh", min_size=1, max_size=4),
+        st.floats(min_value=1e-6, max_value=1.0),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_candidates_are_the_rarest_terms_and_stay_within_the_budget(
+    shares: dict[str, float],
+) -> None:
+    plan = plan_terms(list(shares), shares)
+
+    if plan.match_all:
+        assert min(shares.values()) > COMMON_TERM_SHARE
+        return
+    chosen = [shares[term] for term in plan.candidates]
+    others = [shares[term] for term in shares if term not in plan.candidates]
+    assert max(chosen) <= COMMON_TERM_SHARE
+    # Every term left out is at least as common as every term chosen.
+    assert not others or min(others) >= max(chosen)
+    # Within the budget, unless the rarest term alone exceeds it.
+    assert len(chosen) == 1 or sum(chosen) <= CANDIDATE_SHARE_BUDGET + 1e-12
 
 
 def test_a_query_of_only_common_terms_needs_all_of_them() -> None:
