@@ -45,7 +45,7 @@ import aiohttp
 import asyncpg
 from tests.support.ports import free_port
 
-from bench.api import cpu_seconds, spawn, summarize, wait_ready
+from bench.api import cpu_seconds, postgres_cpu_seconds, spawn, summarize, wait_ready
 from docpipe_api.auth import DEVELOPMENT_SECRET, mint_token
 from docpipe_cli.evaluation import MODES, Question, score_mode
 from docpipe_contracts.content_types import SUPPORTED_CONTENT_TYPES, content_type_for
@@ -250,6 +250,20 @@ async def latency(
     return latencies, errors
 
 
+CPU_PARTS = ("api", "postgres", "mocks", "clients")
+
+
+def _cpu_parts(
+    processes: dict[str, asyncio.subprocess.Process], data_dir: Path
+) -> dict[str, float]:
+    return {
+        "api": cpu_seconds(processes["api"].pid),
+        "postgres": postgres_cpu_seconds(data_dir),
+        "mocks": cpu_seconds(processes["mocks"].pid),
+        "clients": cpu_seconds(os.getpid()),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     questions = load_questions()
     files = select_corpus(questions, args.documents)
@@ -325,14 +339,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ]
             timings: dict[str, list[float]] = {mode: [] for mode in MODES}
             errors = dict.fromkeys(MODES, 0)
-            cpu: dict[str, float] = dict.fromkeys(MODES, 0.0)
+            # CPU seconds per mode: the API, Postgres (its backends), the mocks (the query
+            # embeddings) and this process (the 50 clients).
+            cpu: dict[str, dict[str, float]] = {
+                mode: dict.fromkeys(CPU_PARTS, 0.0) for mode in MODES
+            }
             for mode in [*MODES, *reversed(MODES)]:
-                before = cpu_seconds(processes["api"].pid)
+                before = _cpu_parts(processes, data_dir)
                 measured, failed = await latency(
                     session, search_url, questions, mode, clients=args.clients,
                     seconds=args.seconds,
                 )  # fmt: skip
-                cpu[mode] += cpu_seconds(processes["api"].pid) - before
+                after = _cpu_parts(processes, data_dir)
+                for part in CPU_PARTS:
+                    cpu[mode][part] += after[part] - before[part]
                 timings[mode] += measured
                 errors[mode] += failed
             for mode in MODES:
@@ -342,7 +362,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     p95_ms=summary["p95_ms"],
                     rps=summary["rps"],
                     errors=summary["errors"],
-                    api_cpu_ms_per_search=round(1000 * cpu[mode] / max(1, len(timings[mode])), 3),
+                    api_cpu_ms_per_search=round(
+                        1000 * cpu[mode]["api"] / max(1, len(timings[mode])), 3
+                    ),
+                    cpu_ms_per_search={
+                        part: round(1000 * seconds / max(1, len(timings[mode])), 3)
+                        for part, seconds in cpu[mode].items()
+                    },
                 )
     finally:
         for proc in processes.values():
