@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import asyncpg
@@ -25,25 +24,7 @@ from docpipe_queue.consumer import Consumer, ConsumerConfig
 from docpipe_queue.migrator import DEFAULT_EMBEDDING_DIMENSIONS
 from tests.integration.api.conftest import SECRET, api_settings
 from tests.support.mocks import serve
-from tests.support.object_storage import KEY_ID, SECRET_KEY, bucket_config, moto_server, open_bucket
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1, for the module's tests."""
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def config(s3_endpoint: str) -> ObjectStorageConfig:
-    return bucket_config(s3_endpoint)
-
-
-@pytest.fixture
-async def store(config: ObjectStorageConfig) -> AsyncIterator[ObjectStore]:
-    async with open_bucket(config) as objects:
-        yield objects
+from tests.support.object_storage import KEY_ID, SECRET_KEY
 
 
 async def test_an_object_put_is_read_back(store: ObjectStore) -> None:

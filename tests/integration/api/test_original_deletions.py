@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -21,27 +21,10 @@ from docpipe_providers.object_storage import ObjectStorageConfig, ObjectStore, p
 from docpipe_providers.original_purge import Purge
 from docpipe_queue import original_deletions
 from tests.integration.api.conftest import Api, api_settings, process_pending, unique_markdown
-from tests.support.object_storage import KEY_ID, SECRET_KEY, bucket_config, moto_server, open_bucket
+from tests.support.object_storage import KEY_ID, SECRET_KEY
 from tests.support.ports import free_port
 
 PENDING = "select * from docpipe.original_deletions where purged_at is null"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def config(s3_endpoint: str) -> ObjectStorageConfig:
-    return bucket_config(s3_endpoint)
-
-
-@pytest.fixture
-async def store(config: ObjectStorageConfig) -> AsyncIterator[ObjectStore]:
-    async with open_bucket(config) as objects:
-        yield objects
 
 
 def s3_settings(config: ObjectStorageConfig, endpoint_url: str | None = None) -> dict[str, str]:
