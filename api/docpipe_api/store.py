@@ -95,38 +95,33 @@ select {JOB_COLUMNS} from docpipe.jobs j join docpipe.documents d on d.id = j.do
 where j.id = $1 and d.owner = $2
 """
 
-_HIT_COLUMNS = "c.id, c.document_id, c.ordinal, c.heading, c.char_start, c.char_end, c.content"
-# Looked up per hit by primary key: a join let the planner hash the whole documents table for
-# every search (a sequential scan of it), which grows with the documents, not with top_k.
-_FILENAME = "(select d.filename from docpipe.documents d where d.id = hits.document_id)"
+# A ranking's columns: the chunk and where it is; the hits' text comes afterwards, for the few
+# that make the cut (HIT_ROWS).
+_RANKED_COLUMNS = "c.id, c.document_id, c.ordinal"
 
 # Approximate: ordered by the HNSW index (`embedding <=> $1` exactly as the index's operator),
 # filtered by owner after the index has produced its candidates (hnsw.ef_search of them).
 SEARCH_APPROXIMATE = f"""
 with hits as (
-    select {_HIT_COLUMNS}, c.embedding <=> $1 as distance
+    select {_RANKED_COLUMNS}, c.embedding <=> $1 as distance
     from docpipe.chunks c
     where c.pipeline = $2 and c.owner = $3
     order by c.embedding <=> $1
     limit $4
 )
-select hits.*, {_FILENAME} as filename from hits
-order by hits.distance, hits.id
+select * from hits order by distance, id
 """
 
 # Exact: every candidate chunk's distance. The materialized CTE keeps the planner from ordering
 # through the HNSW index, whose post-filtering could return fewer hits than exist.
 SEARCH_EXACT = f"""
 with candidates as materialized (
-    select {_HIT_COLUMNS}, c.embedding <=> $1 as distance
+    select {_RANKED_COLUMNS}, c.embedding <=> $1 as distance
     from docpipe.chunks c
     where c.pipeline = $2 and c.owner = $3
       and ($5::uuid[] is null or c.document_id = any($5))
 )
-select candidates.*, {_FILENAME.replace("hits.", "candidates.")} as filename
-from candidates
-order by candidates.distance, candidates.id
-limit $4
+select * from candidates order by distance, id limit $4
 """
 
 
@@ -305,32 +300,22 @@ select tsvector_to_array(to_tsvector(docpipe.text_search_config($1), $2))
 MAX_QUERY_TERMS = 16
 
 
-# Postgres underestimates what a sequential scan testing every chunk's tsvector costs (each is
-# detoasted) and overestimates the GIN index scan: on 6,000 chunks it chose the scan, at 10 ms
-# against 3 ms. Set for the keyword statement's transaction only.
-KEYWORD_SETTINGS = "set local enable_seqscan = off"
-
-
 @lru_cache(maxsize=2 * MAX_QUERY_TERMS)
 def keyword_statement(terms: int, *, filtered: bool) -> str:
     """The keyword search for `terms` weighted terms. Parameters after the ten shared ones
     (unfiltered: after $3): the candidates' tsquery, all the terms' tsquery, then each term's
-    tsquery and weight."""
+    tsquery and weight. The candidates come from docpipe.keyword_candidates (migration 0015):
+    through the GIN index, each with a plain copy of its tsvector to test the terms against."""
     first = 11 if filtered else 4
     score = " + ".join(
         f"(c.search_text @@ ${first + 2 + 2 * i}::tsquery)::int * ${first + 3 + 2 * i}::float8"
         for i in range(terms)
     )
-    where = f" and {_DOCUMENT_FILTER}" if filtered else ""
+    where = f" where {_DOCUMENT_FILTER}" if filtered else ""
     return f"""
 with matched as materialized (
     select c.id, {score} + ts_rank(c.search_text, ${first + 1}::tsquery, 1) as rank
-    from docpipe.chunks c
-    where c.search_text @@ ${first}::tsquery
-      -- Not `c.pipeline = $1 and c.owner = $2`: the planner would read the owner's chunks
-      -- through chunks_owner and test every one (detoasting its tsvector) rather than take the
-      -- few matches from the GIN index (see KEYWORD_SETTINGS).
-      and c.pipeline || '' = $1 and c.owner || '' = $2{where}
+    from docpipe.keyword_candidates(${first}::tsquery, $1, $2) c{where}
 )
 select id, rank from matched order by rank desc, id limit $3
 """
@@ -466,18 +451,16 @@ async def keyword_ranking(
     weighted: list[object] = []
     for term in terms:
         weighted += [tsquery_literal([term]), plan.weights[term]]
-    async with conn.transaction(readonly=True):
-        await conn.execute(KEYWORD_SETTINGS)
-        rows = await conn.fetch(
-            keyword_statement(len(terms), filtered=not documents.empty),
-            pipeline,
-            owner,
-            limit,
-            *(() if documents.empty else documents.parameters()),
-            tsquery_literal(plan.candidates, match_all=plan.match_all),
-            tsquery_literal(terms),
-            *weighted,
-        )
+    rows = await conn.fetch(
+        keyword_statement(len(terms), filtered=not documents.empty),
+        pipeline,
+        owner,
+        limit,
+        *(() if documents.empty else documents.parameters()),
+        tsquery_literal(plan.candidates, match_all=plan.match_all),
+        tsquery_literal(terms),
+        *weighted,
+    )
     return [(row["id"], float(row["rank"])) for row in rows]
 
 

@@ -4,11 +4,15 @@ carried by the hits."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import aiohttp
 import pytest
 
+from docpipe_api import store
+from docpipe_api.ranking import plan_terms
+from docpipe_queue.jobs import Executor
 from tests.integration.api.conftest import Api, process_pending
 
 SEARCH = "/v1/pipelines/default/search"
@@ -81,6 +85,47 @@ async def test_keyword_search_without_matching_terms_finds_nothing(
     api: Api, pages: dict[str, str]
 ) -> None:
     assert await search(api, query="photosynthesis chlorophyll", mode="keyword") == []
+
+
+async def index_scans(conn: Executor) -> int:
+    """Scans of the chunks' text index so far, this session's included."""
+    await conn.execute("select pg_stat_force_next_flush()")  # flushed when the session idles
+    scans = await conn.fetchval(
+        "select idx_scan from pg_stat_user_indexes"
+        " where schemaname = 'docpipe' and indexrelname = 'chunks_search_text'"
+    )
+    return int(scans)
+
+
+async def test_keyword_candidates_come_through_the_text_index_where_a_scan_is_cheaper_on_paper(
+    api: Api, pages: dict[str, str]
+) -> None:
+    async with api.pool.acquire() as conn:
+        # On three chunks the planner, left alone, reads the table (and would on a large table
+        # too, for a query whose terms are in a few percent of the chunks: see migration 0015).
+        alone = await conn.fetchval(
+            "explain (format json) select id from docpipe.chunks c"
+            " where c.search_text @@ 'sigterm'::tsquery"
+            " and c.pipeline || '' = 'default' and c.owner || '' = 'alice'"
+        )
+        assert "Seq Scan" in alone
+        before = await index_scans(conn)
+
+        hits = await store.keyword_ranking(
+            conn,
+            plan_terms(["sigterm", "worker"], {}),
+            pipeline="default",
+            owner="alice",
+            limit=5,
+            documents=store.DocumentFilter(),
+        )
+
+        assert [chunk for chunk, _ in hits] == [
+            await conn.fetchval(
+                "select id from docpipe.chunks where document_id = $1", uuid.UUID(pages["drain.md"])
+            )
+        ]
+        assert await index_scans(conn) == before + 1
 
 
 async def test_hybrid_is_the_default_and_reports_both_scores(
