@@ -904,7 +904,8 @@ async def _keyword_ranking(
             terms = await store.query_terms(conn, pipeline, text)
         if not terms:
             return []
-        plan = plan_terms(terms, await context.term_shares.get(conn))
+        statistics = await context.term_shares.get(conn)
+        plan = plan_terms(terms, statistics.shares, chunks=statistics.chunks)
         with _sql("keyword ranking"):
             return await store.keyword_ranking(
                 conn, plan, pipeline=pipeline, owner=owner, limit=limit, documents=documents

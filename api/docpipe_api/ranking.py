@@ -4,6 +4,7 @@ keyword rankings are fused (reciprocal rank fusion), where the highlights of a c
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -21,12 +22,18 @@ COMMON_TERM_SHARE = 0.05
 # the terms that joined is not found, whatever else it holds; the terms left out still count in
 # the score of the candidates found.
 CANDIDATE_SHARE_BUDGET = 0.03
+# ... and at most about this many chunks, whatever the table's size: a share is a count that
+# grows with the table (3 % of a million chunks is 30,000 to fetch and score per search).
+MAX_CANDIDATES = 1_000
 # The share assumed for a term the statistics do not list: rarer than every term they list.
 UNLISTED_TERM_SHARE = 1e-4
 # Start and stop markers of ts_headline(..., 'HighlightAll=true'): characters that plain text
 # almost never holds (a chunk that holds them gets no highlights rather than wrong ones).
 HIGHLIGHT_START = "\u27e6"
 HIGHLIGHT_STOP = "\u27e7"
+_MARKED_SPAN = re.compile(
+    f"{HIGHLIGHT_START}([^{HIGHLIGHT_START}{HIGHLIGHT_STOP}]*){HIGHLIGHT_STOP}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +46,13 @@ class TermPlan:
     match_all: bool  # every term was common: candidates must hold all of them
 
 
-def plan_terms(terms: Sequence[str], shares: Mapping[str, float]) -> TermPlan:
+def plan_terms(
+    terms: Sequence[str], shares: Mapping[str, float], *, chunks: float | None = None
+) -> TermPlan:
     """Weight each term by an inverse document frequency, ln(1 + 1/share), from `shares` (the
     fraction of chunks holding it, where known); the rarest terms find the candidates, within
-    CANDIDATE_SHARE_BUDGET."""
+    candidate_budget(chunks)."""
+    budget = candidate_budget(chunks)
     unique = sorted(set(terms))
     floor = min(shares.values(), default=UNLISTED_TERM_SHARE * 2) / 2
     share = {term: shares.get(term, min(floor, UNLISTED_TERM_SHARE)) for term in unique}
@@ -54,13 +64,21 @@ def plan_terms(terms: Sequence[str], shares: Mapping[str, float]) -> TermPlan:
     chosen: list[str] = []
     found = 0.0
     for term in rare:
-        if chosen and found + share[term] > CANDIDATE_SHARE_BUDGET:
+        if chosen and found + share[term] > budget:
             break
         chosen.append(term)
         found += share[term]
     if chosen:
         return TermPlan(sorted(chosen), weights, match_all=False)
     return TermPlan(unique, weights, match_all=True)
+
+
+def candidate_budget(chunks: float | None) -> float:
+    """The share of the chunks the candidates may add up to, in a table of about `chunks` chunks
+    (None: not known)."""
+    if chunks is None or chunks <= 0:
+        return CANDIDATE_SHARE_BUDGET
+    return min(CANDIDATE_SHARE_BUDGET, MAX_CANDIDATES / chunks)
 
 
 def tsquery_literal(terms: Sequence[str], *, match_all: bool = False) -> str:
@@ -88,19 +106,14 @@ def highlight_spans(marked: str, original: str) -> list[tuple[int, int]]:
     highlight markers around matched words) marks; empty when the two do not line up."""
     if HIGHLIGHT_START in original or HIGHLIGHT_STOP in original:
         return []
-    spans: list[tuple[int, int]] = []
-    plain: list[str] = []
-    position = 0
-    start = -1
-    for char in marked:
-        if char == HIGHLIGHT_START:
-            start = position
-        elif char == HIGHLIGHT_STOP and start >= 0:
-            spans.append((start, position))
-            start = -1
-        else:
-            plain.append(char)
-            position += 1
-    if "".join(plain) != original:
+    if marked.replace(HIGHLIGHT_START, "").replace(HIGHLIGHT_STOP, "") != original:
         return []
+    spans: list[tuple[int, int]] = []
+    markers = 0  # marker characters before the current span, each one place off in `original`
+    for match in _MARKED_SPAN.finditer(marked):
+        start = match.start() - markers
+        spans.append((start, start + len(match[1])))
+        markers += 2
+    if 2 * len(spans) != marked.count(HIGHLIGHT_START) + marked.count(HIGHLIGHT_STOP):
+        return []  # a marker without its pair
     return spans

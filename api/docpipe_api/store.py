@@ -338,12 +338,16 @@ where c.id = any($1::bigint[]) and c.owner = $2 and d.owner = $2
 """
 
 # Term shares from the statistics ANALYZE keeps on the tsvector column (the most common
-# lexemes and the fraction of chunks holding each). Collection-wide, like a search engine's
-# shard-level IDF: the same for every owner.
+# lexemes and the fraction of chunks holding each), and the chunks the table holds by the same
+# statistics (-1: never analyzed). Collection-wide, like a search engine's shard-level IDF: the
+# same for every owner.
 TERM_SHARES = """
-select s.most_common_elems::text::text[] as terms, s.most_common_elem_freqs as shares
-from pg_stats s
-where s.schemaname = 'docpipe' and s.tablename = 'chunks' and s.attname = 'search_text'
+select t.reltuples as chunks,
+       s.most_common_elems::text::text[] as terms, s.most_common_elem_freqs as shares
+from pg_class t
+left join pg_stats s
+    on s.schemaname = 'docpipe' and s.tablename = 'chunks' and s.attname = 'search_text'
+where t.oid = 'docpipe.chunks'::regclass
 """
 TERM_SHARES_TTL_S = 60.0
 
@@ -384,19 +388,23 @@ def glob_to_ilike(pattern: str) -> str:
 
 @dataclass
 class TermShares:
-    """The cached term shares of the chunks' text index, refreshed every TERM_SHARES_TTL_S."""
+    """The cached term shares of the chunks' text index and the chunks they are shares of,
+    refreshed every TERM_SHARES_TTL_S."""
 
     shares: dict[str, float] = field(default_factory=dict)
+    chunks: float | None = None  # None: not known yet
     loaded_at: float = -math.inf
 
-    async def get(self, conn: Executor) -> dict[str, float]:
+    async def get(self, conn: Executor) -> TermShares:
         now = time.monotonic()
         if now - self.loaded_at > TERM_SHARES_TTL_S:
             self.loaded_at = now
             row = await conn.fetchrow(TERM_SHARES)
-            if row is not None and row["terms"] is not None:
-                self.shares = dict(zip(row["terms"], row["shares"], strict=False))
-        return self.shares
+            if row is not None:
+                self.chunks = float(row["chunks"]) if row["chunks"] > 0 else None
+                if row["terms"] is not None:
+                    self.shares = dict(zip(row["terms"], row["shares"], strict=False))
+        return self
 
 
 async def query_terms(conn: Executor, pipeline: str, query: str) -> list[str]:

@@ -11,6 +11,8 @@ from docpipe_api.ranking import (
     COMMON_TERM_SHARE,
     HIGHLIGHT_START,
     HIGHLIGHT_STOP,
+    MAX_CANDIDATES,
+    candidate_budget,
     fuse_ranks,
     highlight_spans,
     plan_terms,
@@ -51,12 +53,13 @@ def test_the_rarest_term_finds_candidates_even_past_the_budget() -> None:
         st.floats(min_value=1e-6, max_value=1.0),
         min_size=1,
         max_size=12,
-    )
+    ),
+    st.one_of(st.none(), st.floats(min_value=1.0, max_value=1e9)),
 )
 def test_the_candidates_are_the_rarest_terms_and_stay_within_the_budget(
-    shares: dict[str, float],
+    shares: dict[str, float], chunks: float | None
 ) -> None:
-    plan = plan_terms(list(shares), shares)
+    plan = plan_terms(list(shares), shares, chunks=chunks)
 
     if plan.match_all:
         assert min(shares.values()) > COMMON_TERM_SHARE
@@ -67,7 +70,22 @@ def test_the_candidates_are_the_rarest_terms_and_stay_within_the_budget(
     # Every term left out is at least as common as every term chosen.
     assert not others or min(others) >= max(chosen)
     # Within the budget, unless the rarest term alone exceeds it.
-    assert len(chosen) == 1 or sum(chosen) <= CANDIDATE_SHARE_BUDGET + 1e-12
+    assert len(chosen) == 1 or sum(chosen) <= candidate_budget(chunks) + 1e-12
+    if chunks is not None and len(chosen) > 1:
+        assert sum(chosen) * chunks <= MAX_CANDIDATES * (1 + 1e-9)
+
+
+def test_in_a_large_table_the_budget_is_a_count_of_chunks_not_a_share() -> None:
+    shares = {"sigterm": 0.0004, "drain": 0.0005, "worker": 0.004}
+
+    small = plan_terms(list(shares), shares, chunks=10_000)
+    large = plan_terms(list(shares), shares, chunks=1_000_000)
+
+    assert small.candidates == ["drain", "sigterm", "worker"]  # 49 chunks
+    assert large.candidates == ["drain", "sigterm"]  # 900 chunks; with worker 4,900
+    assert large.weights == small.weights
+    assert candidate_budget(None) == CANDIDATE_SHARE_BUDGET
+    assert candidate_budget(1e6) == MAX_CANDIDATES / 1e6
 
 
 def test_a_query_of_only_common_terms_needs_all_of_them() -> None:
@@ -122,3 +140,25 @@ def test_highlight_spans_are_offsets_into_the_original_text() -> None:
 def test_highlights_are_dropped_when_the_marked_text_does_not_line_up() -> None:
     assert highlight_spans(f"{HIGHLIGHT_START}a{HIGHLIGHT_STOP}b", "xb") == []
     assert highlight_spans(f"{HIGHLIGHT_START}x{HIGHLIGHT_STOP}", f"{HIGHLIGHT_START}x") == []
+
+
+@given(
+    st.text(alphabet=st.characters(blacklist_characters=HIGHLIGHT_START + HIGHLIGHT_STOP)),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+)
+def test_highlight_spans_give_back_the_spans_that_were_marked(text: str, cuts: list[int]) -> None:
+    bounds = sorted({cut % (len(text) + 1) for cut in cuts})
+    wanted = list(zip(bounds[0::2], bounds[1::2], strict=False))
+    marked, previous = [], 0
+    for start, end in wanted:
+        marked += [text[previous:start], HIGHLIGHT_START, text[start:end], HIGHLIGHT_STOP]
+        previous = end
+    marked.append(text[previous:])
+
+    assert highlight_spans("".join(marked), text) == wanted
+
+
+def test_a_marker_without_its_pair_gives_no_highlights() -> None:
+    start, stop = HIGHLIGHT_START, HIGHLIGHT_STOP
+    assert highlight_spans(f"a {start}b{stop} c{stop}", "a b c") == []
+    assert highlight_spans(f"{start}a {start}b{stop} c", "a b c") == []
