@@ -21,7 +21,6 @@ from typing import TypeVar
 
 import asyncpg
 from aiohttp import BodyPartReader, web
-from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -893,7 +892,6 @@ async def _embed_query(context: ApiContext, text: str) -> list[float]:
 
 async def _keyword_ranking(
     context: ApiContext,
-    conn: asyncpg.Connection | PoolConnectionProxy,
     text: str,
     *,
     pipeline: str,
@@ -901,16 +899,17 @@ async def _keyword_ranking(
     limit: int,
     documents: store.DocumentFilter,
 ) -> list[tuple[int, float]]:
-    with _sql("query terms"):
-        terms = await store.query_terms(conn, pipeline, text)
-    if not terms:
-        return []
-    statistics = await context.term_shares.get(conn)
-    plan = plan_terms(terms, statistics.shares, chunks=statistics.chunks)
-    with _sql("keyword ranking"):
-        return await store.keyword_ranking(
-            conn, plan, pipeline=pipeline, owner=owner, limit=limit, documents=documents
-        )
+    async with context.pool.acquire() as conn:
+        with _sql("query terms"):
+            terms = await store.query_terms(conn, pipeline, text)
+        if not terms:
+            return []
+        statistics = await context.term_shares.get(conn)
+        plan = plan_terms(terms, statistics.shares, chunks=statistics.chunks)
+        with _sql("keyword ranking"):
+            return await store.keyword_ranking(
+                conn, plan, pipeline=pipeline, owner=owner, limit=limit, documents=documents
+            )
 
 
 async def search(request: web.Request) -> web.Response:
@@ -921,62 +920,45 @@ async def search(request: web.Request) -> web.Response:
     owner = principal.subject
     documents = document_filter(query)
     limit = max(query.top_k, HYBRID_CANDIDATES) if query.mode == "hybrid" else query.top_k
-
-    async def keyword_ranking(
-        conn: asyncpg.Connection | PoolConnectionProxy,
-    ) -> list[tuple[int, float]]:
-        return await _keyword_ranking(
-            context, conn, query.query, pipeline=pipeline, owner=owner, limit=limit,
-            documents=documents,
-        )  # fmt: skip
-
-    # Each step holds one pooled connection, never two at once and never through the embeddings
-    # request: under load, every wait for the pool is a place where a search can be overtaken
-    # (asyncio's queue lets a newcomer take a connection a woken waiter was promised), and those
-    # waits, not the statements, made most of the slowest searches.
-    async def keyword_in_own_connection() -> list[tuple[int, float]]:
-        async with context.pool.acquire() as conn:
-            return await keyword_ranking(conn)
-
     keyword: asyncio.Task[list[tuple[int, float]]] | None = None
-    if query.mode == "hybrid":
+    if query.mode != "vector":
         # Started first: its statements run while the query is being embedded.
-        keyword = asyncio.create_task(keyword_in_own_connection())
-    embedding: list[float] | None = None
-    keyword_hits: list[tuple[int, float]] = []
+        keyword = asyncio.create_task(
+            _keyword_ranking(
+                context, query.query, pipeline=pipeline, owner=owner, limit=limit,
+                documents=documents,
+            )
+        )  # fmt: skip
+    vector: list[tuple[int, float]] = []
     try:
         if query.mode != "keyword":
             embedding = await _embed_query(context, query.query)
-        if keyword is not None:
-            keyword_hits = await keyword
+            with _sql("vector ranking"):
+                vector = await store.vector_ranking(
+                    context.pool, embedding, pipeline=pipeline, owner=owner, limit=limit,
+                    documents=documents,
+                )  # fmt: skip
+        keyword_hits = await keyword if keyword is not None else []
     finally:
         if keyword is not None and not keyword.done():
             keyword.cancel()
-    async with context.pool.acquire() as conn:
-        if query.mode == "keyword":
-            keyword_hits = await keyword_ranking(conn)
-        vector: list[tuple[int, float]] = []
-        if embedding is not None:
-            with _sql("vector ranking"):
-                vector = await store.vector_ranking(
-                    conn, embedding, pipeline=pipeline, owner=owner, limit=limit,
-                    documents=documents,
-                )  # fmt: skip
-        similarity = {chunk: 1.0 - distance for chunk, distance in vector}
-        rank = dict(keyword_hits)
-        if query.mode == "vector":
-            ranked = list(similarity.items())
-        elif query.mode == "keyword":
-            ranked = keyword_hits
-        else:
-            ranked = fuse_ranks(
-                {"vector": list(similarity), "keyword": list(rank)},
-                {"vector": query.weights.vector, "keyword": query.weights.keyword},
-                k=query.weights.rrf_k,
-            )
-        ranked = ranked[: query.top_k]
-        with _sql("hit rows"):
-            rows = await store.hit_rows(conn, [chunk for chunk, _ in ranked], owner, query.query)
+    similarity = {chunk: 1.0 - distance for chunk, distance in vector}
+    rank = dict(keyword_hits)
+    if query.mode == "vector":
+        ranked = list(similarity.items())
+    elif query.mode == "keyword":
+        ranked = keyword_hits
+    else:
+        ranked = fuse_ranks(
+            {"vector": list(similarity), "keyword": list(rank)},
+            {"vector": query.weights.vector, "keyword": query.weights.keyword},
+            k=query.weights.rrf_k,
+        )
+    ranked = ranked[: query.top_k]
+    with _sql("hit rows"):
+        rows = await store.hit_rows(
+            context.pool, [chunk for chunk, _ in ranked], owner, query.query
+        )
     hits = []
     for chunk, score in ranked:
         row = rows.get(chunk)

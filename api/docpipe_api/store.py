@@ -225,7 +225,7 @@ async def retry_job(
 
 
 async def search_chunks(
-    conn: Executor,
+    pool: asyncpg.Pool,
     vector: Sequence[float],
     *,
     pipeline: str,
@@ -236,7 +236,7 @@ async def search_chunks(
     """The owner's `top_k` chunks closest to `vector` (cosine), closest first."""
     embedding = Vector(list(vector))
     if document_ids is None:
-        rows = await conn.fetch(SEARCH_APPROXIMATE, embedding, pipeline, owner, top_k)
+        rows = await pool.fetch(SEARCH_APPROXIMATE, embedding, pipeline, owner, top_k)
         if len(rows) == top_k:
             return list(rows)
         # Fewer than asked: the owner has fewer chunks, or most of the index's candidates were
@@ -246,7 +246,7 @@ async def search_chunks(
     else:
         metrics.API_SEARCH_EXACT.labels("document_filter").inc()
     return list(
-        await conn.fetch(
+        await pool.fetch(
             SEARCH_EXACT,
             embedding,
             pipeline,
@@ -414,7 +414,7 @@ async def query_terms(conn: Executor, pipeline: str, query: str) -> list[str]:
 
 
 async def vector_ranking(
-    conn: Executor,
+    pool: asyncpg.Pool,
     vector: Sequence[float],
     *,
     pipeline: str,
@@ -426,11 +426,11 @@ async def vector_ranking(
     first."""
     if documents.empty:
         rows = await search_chunks(
-            conn, vector, pipeline=pipeline, owner=owner, top_k=limit, document_ids=None
+            pool, vector, pipeline=pipeline, owner=owner, top_k=limit, document_ids=None
         )
     else:
         metrics.API_SEARCH_EXACT.labels("document_filter").inc()
-        rows = await conn.fetch(
+        rows = await pool.fetch(
             SEARCH_VECTOR_FILTERED,
             pipeline,
             owner,
