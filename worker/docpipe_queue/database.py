@@ -14,6 +14,7 @@ import asyncpg
 
 from docpipe_contracts.errors import StartupError
 from docpipe_queue.embedded import start_embedded_postgres
+from docpipe_queue.fair_pool import FairPool
 
 T = TypeVar("T")
 
@@ -145,7 +146,8 @@ async def create_pool(
     server_settings: dict[str, str] | None = None,
     reset_session: bool = True,
 ) -> asyncpg.Pool:
-    """A connection pool with docpipe's codecs on every connection.
+    """A connection pool with docpipe's codecs on every connection, handing its connections out
+    first come, first served (docpipe_queue.fair_pool).
 
     TLS comes from the URL (sslmode, sslrootcert, sslcert, sslkey, sslcrl: libpq's names, which
     asyncpg honours); a missing file or an untrusted server is a DatabaseTLSError naming it.
@@ -156,8 +158,15 @@ async def create_pool(
     """
     pool = await _with_tls_errors(
         url,
-        lambda: asyncpg.create_pool(
+        lambda: FairPool(
             url,
+            # asyncpg.create_pool's defaults, which it passes to asyncpg.Pool
+            max_queries=50_000,
+            max_inactive_connection_lifetime=300.0,
+            setup=None,
+            loop=None,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
             min_size=min_size,
             max_size=max_size,
             init=init_connection,
@@ -165,5 +174,5 @@ async def create_pool(
             reset=None if reset_session else _keep_session,
         ),
     )
-    assert pool is not None  # asyncpg types create_pool as optional for its awaitable form
+    assert isinstance(pool, asyncpg.Pool)
     return pool
