@@ -6,8 +6,8 @@ queue wakes the caller that has waited longest, but a caller that asks before th
 takes the connection instead, and the woken caller goes back to the end of the line. Under load,
 a request that needs the pool several times (a hybrid search: its keyword ranking, its vector
 ranking, its hits) is overtaken again and again: at 50 concurrent searches on the API's pool of
-20, hybrid searches' p95 was twice their median, and a pool of 40 (never exhausted) halved it
-(docs/benchmarks.md, issue 19).
+20, hybrid searches' p95 was about twice their median, and a pool of 40 (never exhausted) cut it
+by about 40 % (docs/benchmarks.md, issue 19).
 
 FairPool puts a first-come, first-served semaphore of the pool's size in front of it: a caller
 waits its turn there, and the queue behind it always has a connection when its turn comes.
@@ -34,12 +34,13 @@ class FairPool(asyncpg.Pool):
     # The signatures are asyncpg's: Pool.acquire's context and Pool.fetch & co. go through
     # _acquire and release.
     async def _acquire(self, timeout: float | None) -> PoolConnectionProxy:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        async with asyncio.timeout(timeout):
+        if timeout is None:
             await self._turns.acquire()
-        if timeout is not None:
-            timeout = max(0.0, timeout - (loop.time() - started))
+        else:  # the wait for a turn counts against the caller's timeout
+            deadline = asyncio.get_running_loop().time() + timeout
+            async with asyncio.timeout_at(deadline):
+                await self._turns.acquire()
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             proxy: PoolConnectionProxy = await super()._acquire(timeout)  # type: ignore[misc]
             return proxy
